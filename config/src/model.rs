@@ -1,0 +1,185 @@
+//! The configuration types and their built-in defaults.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::secrets;
+
+/// The whole configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TwinConfig {
+    /// Where every embedded backend keeps its data.
+    pub data_dir: PathBuf,
+    /// The event log.
+    pub log: LogConfig,
+    /// Topic names.
+    pub topics: TopicNames,
+}
+
+impl Default for TwinConfig {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from(".twin"),
+            log: LogConfig::default(),
+            topics: TopicNames::default(),
+        }
+    }
+}
+
+impl TwinConfig {
+    /// The configuration as TOML with every secret masked: safe to print or log.
+    pub fn to_masked_toml(&self) -> String {
+        let mut value =
+            toml::Value::try_from(self).unwrap_or(toml::Value::Table(Default::default()));
+        secrets::mask_toml(&mut value);
+        toml::to_string_pretty(&value).unwrap_or_default()
+    }
+}
+
+/// Which event log implementation to use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogBackend {
+    /// The durable single-machine log under `data_dir/log`.
+    Embedded,
+    /// A Kafka cluster (or any Kafka-protocol broker).
+    Kafka,
+}
+
+/// The event log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// Which implementation.
+    pub backend: LogBackend,
+    /// Partitions of each topic the code creates.
+    pub partitions: u32,
+    /// Settings of the embedded log.
+    pub embedded: EmbeddedLogConfig,
+    /// Settings of the Kafka log.
+    pub kafka: KafkaConfig,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            backend: LogBackend::Embedded,
+            partitions: 3,
+            embedded: EmbeddedLogConfig::default(),
+            kafka: KafkaConfig::default(),
+        }
+    }
+}
+
+/// The embedded log.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EmbeddedLogConfig {
+    /// fsync before acknowledging an append or a commit. Off, an acknowledged append survives a
+    /// crash of the process (`kill -9`); on, it also survives a crash of the machine.
+    pub fsync: bool,
+}
+
+/// The Kafka log.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// Bootstrap servers, comma-separated.
+    pub brokers: String,
+    /// Replication factor of the topics the code creates.
+    pub replication_factor: i32,
+    /// Client id the brokers see.
+    pub client_id: String,
+    /// Extra librdkafka properties, passed through as they are: security (`security.protocol`,
+    /// `sasl.mechanisms`, `sasl.username`, `sasl.password`, `ssl.ca.location`...) and tuning.
+    /// From the environment, `_` stands for `.`: `TWIN_LOG__KAFKA__PROPERTIES__SASL_PASSWORD`.
+    pub properties: BTreeMap<String, String>,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        Self {
+            brokers: "127.0.0.1:9092".into(),
+            replication_factor: 1,
+            client_id: "twin".into(),
+            properties: BTreeMap::new(),
+        }
+    }
+}
+
+impl KafkaConfig {
+    /// The extra properties with librdkafka's dotted names. A key without any `.` came from the
+    /// environment, where dots cannot be written, so its `_` become `.`.
+    pub fn librdkafka_properties(&self) -> impl Iterator<Item = (String, &str)> {
+        self.properties.iter().map(|(k, v)| {
+            let name = if k.contains('.') {
+                k.clone()
+            } else {
+                k.replace('_', ".")
+            };
+            (name, v.as_str())
+        })
+    }
+}
+
+// Hand-written so that a `{:?}` in a log line never prints a password.
+impl fmt::Debug for KafkaConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let properties: BTreeMap<&str, &str> = self
+            .properties
+            .iter()
+            .map(|(k, v)| (k.as_str(), secrets::masked(k, v)))
+            .collect();
+        f.debug_struct("KafkaConfig")
+            .field("brokers", &self.brokers)
+            .field("replication_factor", &self.replication_factor)
+            .field("client_id", &self.client_id)
+            .field("properties", &properties)
+            .finish()
+    }
+}
+
+/// Names of the topics the pipelines use.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TopicNames {
+    /// Crawled documents and tombstones.
+    pub raw_documents: String,
+    /// Cleaned documents.
+    pub cleaned_documents: String,
+    /// Chunks.
+    pub chunks: String,
+    /// Embedded chunks.
+    pub embedded_chunks: String,
+    /// Events that could not be processed, with the error.
+    pub dead_letters: String,
+}
+
+impl Default for TopicNames {
+    fn default() -> Self {
+        Self {
+            raw_documents: "raw-documents".into(),
+            cleaned_documents: "cleaned-documents".into(),
+            chunks: "chunks".into(),
+            embedded_chunks: "embedded-chunks".into(),
+            dead_letters: "dead-letters".into(),
+        }
+    }
+}
+
+impl TopicNames {
+    /// Every topic, in pipeline order.
+    pub fn all(&self) -> [&str; 5] {
+        [
+            &self.raw_documents,
+            &self.cleaned_documents,
+            &self.chunks,
+            &self.embedded_chunks,
+            &self.dead_letters,
+        ]
+    }
+}

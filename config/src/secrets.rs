@@ -1,0 +1,87 @@
+//! What counts as a secret, and masking it. A key is secret when its name says so: any key
+//! containing one of [`SECRET_WORDS`], in any case, with `.` or `_` separators.
+
+/// Words that mark a key as secret.
+pub const SECRET_WORDS: &[&str] = &[
+    "password",
+    "secret",
+    "token",
+    "credential",
+    "pem",
+    "api_key",
+    "apikey",
+];
+
+/// What a secret is shown as.
+pub const MASK: &str = "********";
+
+/// Whether a configuration key holds a secret.
+pub fn is_secret(key: &str) -> bool {
+    let key = key.to_ascii_lowercase().replace('.', "_");
+    SECRET_WORDS.iter().any(|w| key.contains(w)) || key.contains("sasl_oauthbearer_config")
+}
+
+/// The value, or the mask if the key is secret.
+pub fn masked<'a>(key: &str, value: &'a str) -> &'a str {
+    if is_secret(key) {
+        MASK
+    } else {
+        value
+    }
+}
+
+/// Mask every secret in a TOML tree, in place.
+pub fn mask_toml(value: &mut toml::Value) {
+    match value {
+        toml::Value::Table(table) => {
+            for (key, v) in table.iter_mut() {
+                if is_secret(key) && !v.is_table() {
+                    *v = toml::Value::String(MASK.into());
+                } else {
+                    mask_toml(v);
+                }
+            }
+        }
+        toml::Value::Array(items) => items.iter_mut().for_each(mask_toml),
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_are_recognised_by_name() {
+        for key in [
+            "sasl.password",
+            "ssl.key.password",
+            "SASL_PASSWORD",
+            "github_token",
+            "ssl.key.pem",
+            "sasl.oauthbearer.client.secret",
+        ] {
+            assert!(is_secret(key), "{key}");
+        }
+        for key in [
+            "sasl.username",
+            "security.protocol",
+            "ssl.ca.location",
+            "brokers",
+        ] {
+            assert!(!is_secret(key), "{key}");
+        }
+    }
+
+    #[test]
+    fn masking_reaches_nested_tables() {
+        let mut value: toml::Value = toml::from_str(
+            "[log.kafka.properties]\n\"sasl.password\" = \"hunter2\"\n\"sasl.username\" = \"me\"\n",
+        )
+        .expect("toml");
+        mask_toml(&mut value);
+        let text = value.to_string();
+        assert!(!text.contains("hunter2"), "{text}");
+        assert!(text.contains("me"), "{text}");
+    }
+}

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# The test command: installs what the tests need (scripts/setup.sh), then runs every test of
+# the workspace. The Kafka contract tests start their own Tansu broker; nothing else need run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+CACHE="${LLM_TWIN_CACHE:-$HOME/.cache/twin}"
+bash scripts/setup.sh
+
+export TANSU_BIN="$CACHE/tansu/bin/tansu"
+export PYTHONPATH="$CACHE/python${PYTHONPATH:+:$PYTHONPATH}"
+# Build outputs live in the cache too, so that a fresh clone reuses them.
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$CACHE/target}"
+
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+results="$(mktemp)"
+trap 'rm -f "$results"' EXIT
+set +e
+cargo test --workspace --locked "$@" 2>&1 | tee "$results"
+status=${PIPESTATUS[0]}
+set -e
+# One closing line for the whole workspace (cargo prints one per test binary).
+awk '/^test result:/ {
+       for (i = 2; i <= NF; i++) {
+         if ($i == "passed;") passed += $(i-1)
+         if ($i == "failed;") failed += $(i-1)
+         if ($i == "ignored;") skipped += $(i-1)
+       }
+     }
+     END { printf "workspace: %d passed, %d failed, %d skipped\n", passed, failed, skipped }' "$results"
+exit "$status"

@@ -1,0 +1,3 @@
+//! Serving: retrieval-augmented generation over HTTP on ONNX Runtime.
+//!
+//! Not built yet: `twin serve` says so and exits non-zero.

@@ -1,0 +1,303 @@
+//! `twin`: the one command of the LLM twin platform, with a subcommand per role.
+//!
+//! Configuration is layered (defaults, `twin.toml`, `TWIN_*` environment variables; see the
+//! `twin-config` crate); `--config` and `--data-dir` override where it comes from and where data
+//! goes. Logs go to stderr: text on a terminal, JSON lines otherwise (`--log-format`), filtered
+//! by `RUST_LOG`.
+
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use twin_config::{Sources, TwinConfig};
+use twin_eventlog::{EventConsumer, EventLog, StartFrom};
+use twin_schemas::Event;
+
+/// The LLM twin platform: crawl a person's writing into an event log, turn it into features,
+/// fine-tune a model on it and serve it with retrieval.
+#[derive(Debug, Parser)]
+#[command(name = "twin", version, about, long_about = None)]
+struct Cli {
+    /// Configuration file [default: ./twin.toml if it exists].
+    #[arg(long, global = true, env = "TWIN_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Where embedded backends keep their data (overrides `data_dir` of the configuration).
+    #[arg(long, global = true, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Auto)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    /// Text on a terminal, JSON lines otherwise.
+    Auto,
+    /// Human-readable text.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the main job on the configured backends: prepare the event log, then ingest and
+    /// stream (those two land with their issues).
+    Run,
+    /// Crawl Medium, Substack, LinkedIn and GitHub into raw-document events (not built yet).
+    Ingest {
+        /// One pass, then exit.
+        #[arg(long)]
+        once: bool,
+    },
+    /// Clean, chunk and embed raw documents into the warehouse and vector store (not built yet).
+    Stream {
+        /// Drop the projections and rebuild them from offset zero.
+        #[arg(long)]
+        rebuild: bool,
+    },
+    /// Fine-tune a model on a dataset snapshot (not built yet).
+    Train,
+    /// Serve retrieval-augmented generation over HTTP (not built yet).
+    Serve,
+    /// Inspect the configuration.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+    /// Inspect the event log.
+    Log {
+        #[command(subcommand)]
+        command: LogCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Print the effective configuration as TOML, secrets masked.
+    Show,
+}
+
+#[derive(Debug, Subcommand)]
+enum LogCommand {
+    /// Create the pipeline's topics where missing and list each with its partitions and
+    /// end offsets.
+    Topics,
+    /// Print a topic's events as JSON lines, undecodable ones as errors on stderr.
+    Tail {
+        /// The topic.
+        topic: String,
+        /// Consumer group to read and commit as; without it, read from the beginning and commit
+        /// nothing.
+        #[arg(long)]
+        group: Option<String>,
+        /// Stop after this many events.
+        #[arg(long)]
+        max: Option<u64>,
+        /// Keep waiting for new events instead of stopping when the topic is read.
+        #[arg(long)]
+        follow: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rdkafka=warn"));
+    let json = match format {
+        LogFormat::Auto => !std::io::stderr().is_terminal(),
+        LogFormat::Text => false,
+        LogFormat::Json => true,
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn load_config(cli: &Cli) -> Result<TwinConfig> {
+    let (mut config, file) = twin_config::load(&Sources {
+        file: cli.config.clone(),
+        ignore_env: false,
+    })?;
+    if let Some(dir) = &cli.data_dir {
+        config.data_dir = dir.clone();
+    }
+    tracing::debug!(file = ?file, backend = ?config.log.backend, "configuration loaded");
+    Ok(config)
+}
+
+async fn run(cli: Cli) -> Result<ExitCode> {
+    let config = load_config(&cli)?;
+    match cli.command {
+        Command::Config {
+            command: ConfigCommand::Show,
+        } => {
+            print!("{}", config.to_masked_toml());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Run => {
+            let log = twin_eventlog::open(&config)?;
+            print_topics(&config, log.as_ref()).await?;
+            println!(
+                "\nThe event log is ready ({} backend). Ingest and stream are not built yet \
+                 (issues #3 and #4): nothing more to run.",
+                log.backend()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Log {
+            command: LogCommand::Topics,
+        } => {
+            let log = twin_eventlog::open(&config)?;
+            print_topics(&config, log.as_ref()).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Log {
+            command:
+                LogCommand::Tail {
+                    topic,
+                    group,
+                    max,
+                    follow,
+                },
+        } => {
+            let log = twin_eventlog::open(&config)?;
+            tail(log.as_ref(), &topic, group.as_deref(), max, follow).await
+        }
+        Command::Ingest { .. } => not_built("ingest", "the ingest issue (#3)"),
+        Command::Stream { .. } => not_built("stream", "the feature-pipeline issue (#4)"),
+        Command::Train => not_built("train", "a training issue"),
+        Command::Serve => not_built("serve", "a serving issue"),
+    }
+}
+
+fn not_built(role: &str, issue: &str) -> Result<ExitCode> {
+    bail!("`twin {role}` is not built yet; it lands with {issue}")
+}
+
+async fn print_topics(config: &TwinConfig, log: &dyn EventLog) -> Result<()> {
+    println!("{:<20} {:>10} {:>12}", "topic", "partitions", "events");
+    for topic in config.topics.all() {
+        let partitions = log
+            .ensure_topic(topic)
+            .await
+            .with_context(|| format!("topic {topic}"))?;
+        let ends = log.end_offsets(topic).await?;
+        println!(
+            "{topic:<20} {partitions:>10} {:>12}",
+            ends.iter().sum::<u64>()
+        );
+    }
+    Ok(())
+}
+
+async fn tail(
+    log: &dyn EventLog,
+    topic: &str,
+    group: Option<&str>,
+    max: Option<u64>,
+    follow: bool,
+) -> Result<ExitCode> {
+    let (group, start, commit) = match group {
+        Some(g) => (g.to_string(), StartFrom::Committed, true),
+        None => (
+            format!("twin-tail-{}", std::process::id()),
+            StartFrom::Beginning,
+            false,
+        ),
+    };
+    if log.partitions(topic).await?.is_none() {
+        bail!(
+            "topic {topic} does not exist on the {} log (`twin log topics` lists the pipeline's topics)",
+            log.backend()
+        );
+    }
+    let ends = log.end_offsets(topic).await?;
+    let mut consumer = EventConsumer::new(log.consumer(topic, &group, start).await?, topic);
+    let mut seen = vec![0u64; ends.len()];
+    let mut printed = 0u64;
+    let mut bad = 0u64;
+    let stdout = std::io::stdout();
+    loop {
+        if max.is_some_and(|m| printed >= m) {
+            break;
+        }
+        let caught_up = seen.iter().zip(&ends).all(|(s, e)| s >= e);
+        if caught_up && !follow {
+            break;
+        }
+        let Some(delivery) = consumer.next(Duration::from_millis(500)).await? else {
+            if !follow && start == StartFrom::Committed {
+                break; // a group with nothing left to read
+            }
+            continue;
+        };
+        let p = delivery.position.partition as usize;
+        if p < seen.len() {
+            seen[p] = seen[p].max(delivery.position.offset + 1);
+        }
+        match &delivery.event {
+            Ok(event) => {
+                let mut line = event_json(event);
+                line["_partition"] = delivery.position.partition.into();
+                line["_offset"] = delivery.position.offset.into();
+                writeln!(stdout.lock(), "{line}")?;
+                printed += 1;
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                bad += 1;
+            }
+        }
+        if commit {
+            consumer.commit(delivery.position).await?;
+        }
+    }
+    if bad > 0 {
+        eprintln!("{bad} undecodable event(s) skipped");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn event_json(event: &Event) -> serde_json::Value {
+    let (kind, body) = match event {
+        Event::Raw(d) => ("RawDocument", serde_json::to_value(d)),
+        Event::Cleaned(d) => ("CleanedDocument", serde_json::to_value(d)),
+        Event::Chunk(c) => ("Chunk", serde_json::to_value(c)),
+        Event::Embedded(e) => ("EmbeddedChunk", serde_json::to_value(e)),
+        Event::Deleted(d) => ("DocumentDeleted", serde_json::to_value(d)),
+    };
+    let mut value = body.unwrap_or(serde_json::Value::Null);
+    if let serde_json::Value::Object(map) = &mut value {
+        map.insert("_type".into(), kind.into());
+    }
+    value
+}

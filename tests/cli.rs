@@ -1,0 +1,188 @@
+//! The `twin` command as a user runs it: help, configuration, the main job, reading the log.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use twin_eventlog::{publish, EmbeddedLog, EventLog};
+use twin_schemas::{DocumentDeleted, DocumentKind, Event};
+
+/// Run `twin` in `dir` with a clean `TWIN_*` environment plus `env`.
+fn twin(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_twin"));
+    cmd.current_dir(dir).args(args).env("RUST_LOG", "warn");
+    for (key, _) in std::env::vars() {
+        if key.starts_with("TWIN_") {
+            cmd.env_remove(key);
+        }
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("run twin")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn help_lists_every_role() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = twin(dir.path(), &["--help"], &[]);
+    assert!(out.status.success());
+    let text = stdout(&out);
+    for role in ["run", "ingest", "stream", "train", "serve", "config", "log"] {
+        assert!(text.contains(role), "--help lacks {role}:\n{text}");
+    }
+}
+
+#[test]
+fn roles_not_built_yet_say_so_and_fail() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = twin(dir.path(), &["ingest", "--once"], &[]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("not built yet"), "{}", stderr(&out));
+}
+
+#[test]
+fn config_show_layers_file_then_environment_and_masks_secrets() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        dir.path().join("twin.toml"),
+        "[log]\npartitions = 7\n[log.kafka]\nbrokers = \"from-file:9092\"\n\
+         [log.kafka.properties]\n\"sasl.username\" = \"svc\"\n\"sasl.password\" = \"file-secret\"\n",
+    )
+    .expect("write");
+    let out = twin(
+        dir.path(),
+        &["config", "show"],
+        &[
+            ("TWIN_LOG__KAFKA__BROKERS", "from-env:9092"),
+            (
+                "TWIN_LOG__KAFKA__PROPERTIES__SSL_KEY_PASSWORD",
+                "env-secret",
+            ),
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.contains("partitions = 7"), "file value kept:\n{text}");
+    assert!(
+        text.contains("from-env:9092") && !text.contains("from-file"),
+        "env wins:\n{text}"
+    );
+    assert!(text.contains("svc"), "non-secret shown:\n{text}");
+    assert!(
+        !text.contains("file-secret") && !text.contains("env-secret"),
+        "secret leaked:\n{text}"
+    );
+    assert!(text.contains("********"));
+}
+
+#[test]
+fn a_bad_config_file_is_named_with_the_key_and_the_expectation() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("custom.toml"), "[log]\nbackend = 5\n").expect("write");
+    let out = twin(
+        dir.path(),
+        &["--config", "custom.toml", "config", "show"],
+        &[],
+    );
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("custom.toml") && err.contains("log.backend"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn the_main_job_prepares_the_embedded_log_under_the_data_dir() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = twin(dir.path(), &["run"], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(
+        text.contains("raw-documents") && text.contains("embedded"),
+        "{text}"
+    );
+    assert!(dir
+        .path()
+        .join(".twin/log/raw-documents/partitions")
+        .exists());
+    // --data-dir moves it.
+    let out = twin(dir.path(), &["--data-dir", "elsewhere", "run"], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(dir.path().join("elsewhere/log/chunks/partitions").exists());
+}
+
+fn tombstone(id: &str) -> Event {
+    Event::Deleted(DocumentDeleted {
+        document_id: id.into(),
+        kind: DocumentKind::Post,
+        platform: "linkedin".into(),
+        url: format!("https://www.linkedin.com/posts/{id}"),
+        deleted_at: 1_700_000_000_000,
+        reason: "HTTP 404 at source".into(),
+    })
+}
+
+#[test]
+fn log_tail_prints_events_as_json_and_reports_bad_ones() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let bad = runtime.block_on(async {
+        let log = EmbeddedLog::open(dir.path().join(".twin/log"), 3, false).expect("open");
+        publish(&log, "raw-documents", &[tombstone("a")])
+            .await
+            .expect("publish");
+        let bad = log
+            .append("raw-documents", b"b", b"garbage")
+            .await
+            .expect("append");
+        publish(&log, "raw-documents", &[tombstone("c")])
+            .await
+            .expect("publish");
+        bad
+    });
+    let out = twin(dir.path(), &["log", "tail", "raw-documents"], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let lines: Vec<serde_json::Value> = stdout(&out)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json line"))
+        .collect();
+    assert_eq!(lines.len(), 2);
+    let mut ids: Vec<&str> = lines
+        .iter()
+        .map(|l| l["document_id"].as_str().expect("id"))
+        .collect();
+    ids.sort();
+    assert_eq!(ids, ["a", "c"]);
+    assert!(lines.iter().all(|l| l["_type"] == "DocumentDeleted"));
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!(
+            "partition {} at offset {}",
+            bad.partition, bad.offset
+        )),
+        "{err}"
+    );
+}
+
+#[test]
+fn log_tail_of_a_missing_topic_is_an_error_and_creates_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = twin(dir.path(), &["log", "tail", "no-such-topic"], &[]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("no-such-topic does not exist"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!dir.path().join(".twin/log/no-such-topic").exists());
+}
