@@ -100,6 +100,21 @@ impl KafkaLog {
         })
     }
 
+    /// Remember that a topic exists, so appends to it skip the metadata round trip.
+    fn remember(&self, topic: &str) {
+        self.known_topics
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(topic.to_string());
+    }
+
+    fn is_known(&self, topic: &str) -> bool {
+        self.known_topics
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(topic)
+    }
+
     /// Partition count of a topic, or `None` if the brokers do not know it.
     async fn partition_count(&self, topic: &str) -> Result<Option<u32>> {
         let metadata = self.metadata.clone();
@@ -128,10 +143,7 @@ impl EventLog for KafkaLog {
     async fn ensure_topic(&self, topic: &str) -> Result<u32> {
         validate_name("topic", topic)?;
         if let Some(n) = self.partition_count(topic).await? {
-            self.known_topics
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(topic.to_string());
+            self.remember(topic);
             return Ok(n);
         }
         let new = NewTopic::new(
@@ -161,10 +173,7 @@ impl EventLog for KafkaLog {
         let deadline = tokio::time::Instant::now() + REQUEST_TIMEOUT;
         loop {
             if let Some(n) = self.partition_count(topic).await? {
-                self.known_topics
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(topic.to_string());
+                self.remember(topic);
                 return Ok(n);
             }
             if tokio::time::Instant::now() >= deadline {
@@ -183,12 +192,7 @@ impl EventLog for KafkaLog {
     }
 
     async fn append_batch(&self, topic: &str, records: &[(&[u8], &[u8])]) -> Result<Vec<Position>> {
-        let known = self
-            .known_topics
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains(topic);
-        if !known {
+        if !self.is_known(topic) {
             self.ensure_topic(topic).await?;
         }
         let mut pending = Vec::with_capacity(records.len());

@@ -90,6 +90,29 @@ fn payload_str(r: &Record) -> String {
     String::from_utf8(r.payload.clone()).expect("utf8")
 }
 
+/// Append `count` records `e0`, `e1`... spread over `keys` keys named `{key_prefix}{n}`.
+async fn append_keyed(
+    log: &dyn EventLog,
+    topic: &str,
+    count: usize,
+    key_prefix: &str,
+    keys: usize,
+) {
+    let batch: Vec<(Vec<u8>, Vec<u8>)> = (0..count)
+        .map(|i| {
+            (
+                format!("{key_prefix}{}", i % keys).into_bytes(),
+                format!("e{i}").into_bytes(),
+            )
+        })
+        .collect();
+    let refs: Vec<(&[u8], &[u8])> = batch
+        .iter()
+        .map(|(k, v)| (k.as_slice(), v.as_slice()))
+        .collect();
+    log.append_batch(topic, &refs).await.expect("append");
+}
+
 async fn topics_are_created_once_with_the_configured_partitions(log: Arc<dyn EventLog>) {
     let topic = unique("create");
     assert_eq!(
@@ -227,19 +250,7 @@ async fn a_consumer_that_crashes_before_committing_sees_its_events_again(log: Ar
 
 async fn a_second_group_reads_the_topic_independently(log: Arc<dyn EventLog>) {
     let topic = unique("groups");
-    let batch: Vec<(Vec<u8>, Vec<u8>)> = (0..30)
-        .map(|i| {
-            (
-                format!("k{}", i % 7).into_bytes(),
-                format!("e{i}").into_bytes(),
-            )
-        })
-        .collect();
-    let refs: Vec<(&[u8], &[u8])> = batch
-        .iter()
-        .map(|(k, v)| (k.as_slice(), v.as_slice()))
-        .collect();
-    log.append_batch(&topic, &refs).await.expect("append");
+    append_keyed(log.as_ref(), &topic, 30, "k", 7).await;
 
     let g1 = unique("g1");
     {
@@ -279,19 +290,7 @@ async fn a_second_group_reads_the_topic_independently(log: Arc<dyn EventLog>) {
 async fn a_replay_from_the_beginning_returns_every_event_once(log: Arc<dyn EventLog>) {
     let topic = unique("replay");
     let group = unique("g");
-    let batch: Vec<(Vec<u8>, Vec<u8>)> = (0..300)
-        .map(|i| {
-            (
-                format!("doc-{}", i % 31).into_bytes(),
-                format!("e{i}").into_bytes(),
-            )
-        })
-        .collect();
-    let refs: Vec<(&[u8], &[u8])> = batch
-        .iter()
-        .map(|(k, v)| (k.as_slice(), v.as_slice()))
-        .collect();
-    log.append_batch(&topic, &refs).await.expect("append");
+    append_keyed(log.as_ref(), &topic, 300, "doc-", 31).await;
     {
         // The group has consumed and committed part of the topic...
         let mut consumer = log
