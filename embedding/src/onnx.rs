@@ -1,0 +1,351 @@
+//! The part of the ONNX format (`onnx.proto`, IR version 8) that an exported encoder needs, as
+//! prost messages, and a small builder for graphs of standard operators.
+//!
+//! Field numbers follow `onnx/onnx.proto`. Only the fields written here are declared: protobuf
+//! readers ignore what they do not know, and ONNX Runtime reads exactly these.
+
+use prost::Message;
+
+/// `TensorProto.DataType.FLOAT`.
+pub const FLOAT: i32 = 1;
+/// `TensorProto.DataType.INT64`.
+pub const INT64: i32 = 7;
+
+/// A whole model.
+#[derive(Clone, PartialEq, Message)]
+pub struct ModelProto {
+    /// IR version of the format.
+    #[prost(int64, tag = "1")]
+    pub ir_version: i64,
+    /// Operator sets the graph uses.
+    #[prost(message, repeated, tag = "8")]
+    pub opset_import: Vec<OperatorSetIdProto>,
+    /// Who wrote it.
+    #[prost(string, tag = "2")]
+    pub producer_name: String,
+    /// Version of the producer.
+    #[prost(string, tag = "3")]
+    pub producer_version: String,
+    /// Free text.
+    #[prost(string, tag = "6")]
+    pub doc_string: String,
+    /// The computation.
+    #[prost(message, optional, tag = "7")]
+    pub graph: Option<GraphProto>,
+    /// Key-value metadata.
+    #[prost(message, repeated, tag = "14")]
+    pub metadata_props: Vec<StringStringEntryProto>,
+}
+
+/// An operator set and its version.
+#[derive(Clone, PartialEq, Message)]
+pub struct OperatorSetIdProto {
+    /// Empty for the default ONNX domain.
+    #[prost(string, tag = "1")]
+    pub domain: String,
+    /// Opset version.
+    #[prost(int64, tag = "2")]
+    pub version: i64,
+}
+
+/// A metadata entry.
+#[derive(Clone, PartialEq, Message)]
+pub struct StringStringEntryProto {
+    /// Key.
+    #[prost(string, tag = "1")]
+    pub key: String,
+    /// Value.
+    #[prost(string, tag = "2")]
+    pub value: String,
+}
+
+/// A graph: nodes in topological order, weights, inputs and outputs.
+#[derive(Clone, PartialEq, Message)]
+pub struct GraphProto {
+    /// Nodes, topologically sorted.
+    #[prost(message, repeated, tag = "1")]
+    pub node: Vec<NodeProto>,
+    /// Graph name.
+    #[prost(string, tag = "2")]
+    pub name: String,
+    /// Constant tensors (weights).
+    #[prost(message, repeated, tag = "5")]
+    pub initializer: Vec<TensorProto>,
+    /// Graph inputs.
+    #[prost(message, repeated, tag = "11")]
+    pub input: Vec<ValueInfoProto>,
+    /// Graph outputs.
+    #[prost(message, repeated, tag = "12")]
+    pub output: Vec<ValueInfoProto>,
+}
+
+/// One operator application.
+#[derive(Clone, PartialEq, Message)]
+pub struct NodeProto {
+    /// Input value names.
+    #[prost(string, repeated, tag = "1")]
+    pub input: Vec<String>,
+    /// Output value names.
+    #[prost(string, repeated, tag = "2")]
+    pub output: Vec<String>,
+    /// Node name.
+    #[prost(string, tag = "3")]
+    pub name: String,
+    /// Operator.
+    #[prost(string, tag = "4")]
+    pub op_type: String,
+    /// Operator domain; empty for ONNX.
+    #[prost(string, tag = "7")]
+    pub domain: String,
+    /// Attributes.
+    #[prost(message, repeated, tag = "5")]
+    pub attribute: Vec<AttributeProto>,
+}
+
+/// A named attribute of a node.
+#[derive(Clone, PartialEq, Message)]
+pub struct AttributeProto {
+    /// Name.
+    #[prost(string, tag = "1")]
+    pub name: String,
+    /// `AttributeType`: 1 float, 2 int, 7 ints.
+    #[prost(int32, tag = "20")]
+    pub r#type: i32,
+    /// Float value.
+    #[prost(float, tag = "2")]
+    pub f: f32,
+    /// Int value.
+    #[prost(int64, tag = "3")]
+    pub i: i64,
+    /// Int list value.
+    #[prost(int64, repeated, tag = "8")]
+    pub ints: Vec<i64>,
+}
+
+/// A tensor: initializer data, little-endian in `raw_data`.
+#[derive(Clone, PartialEq, Message)]
+pub struct TensorProto {
+    /// Shape.
+    #[prost(int64, repeated, tag = "1")]
+    pub dims: Vec<i64>,
+    /// Element type (`FLOAT`, `INT64`).
+    #[prost(int32, tag = "2")]
+    pub data_type: i32,
+    /// Value name.
+    #[prost(string, tag = "8")]
+    pub name: String,
+    /// Raw little-endian data.
+    #[prost(bytes = "vec", tag = "9")]
+    pub raw_data: Vec<u8>,
+}
+
+/// Name and type of a graph input or output.
+#[derive(Clone, PartialEq, Message)]
+pub struct ValueInfoProto {
+    /// Value name.
+    #[prost(string, tag = "1")]
+    pub name: String,
+    /// Its type.
+    #[prost(message, optional, tag = "2")]
+    pub r#type: Option<TypeProto>,
+}
+
+/// A value type; only tensors here (field 1 of the `value` oneof).
+#[derive(Clone, PartialEq, Message)]
+pub struct TypeProto {
+    /// Tensor type.
+    #[prost(message, optional, tag = "1")]
+    pub tensor_type: Option<TensorTypeProto>,
+}
+
+/// `TypeProto.Tensor`.
+#[derive(Clone, PartialEq, Message)]
+pub struct TensorTypeProto {
+    /// Element type.
+    #[prost(int32, tag = "1")]
+    pub elem_type: i32,
+    /// Shape, with symbolic dimensions.
+    #[prost(message, optional, tag = "2")]
+    pub shape: Option<TensorShapeProto>,
+}
+
+/// A tensor shape.
+#[derive(Clone, PartialEq, Message)]
+pub struct TensorShapeProto {
+    /// Dimensions.
+    #[prost(message, repeated, tag = "1")]
+    pub dim: Vec<Dimension>,
+}
+
+/// One dimension: a number or a symbolic name (the `value` oneof).
+#[derive(Clone, PartialEq, Message)]
+pub struct Dimension {
+    /// A fixed size.
+    #[prost(int64, optional, tag = "1")]
+    pub dim_value: Option<i64>,
+    /// A symbolic size, e.g. `batch`.
+    #[prost(string, optional, tag = "2")]
+    pub dim_param: Option<String>,
+}
+
+/// Builds a graph node by node, naming values uniquely.
+#[derive(Default)]
+pub struct GraphBuilder {
+    /// The graph so far.
+    pub graph: GraphProto,
+    counter: usize,
+}
+
+/// A dimension of a declared input or output.
+pub enum Dim {
+    /// Fixed.
+    Fixed(i64),
+    /// Symbolic.
+    Named(&'static str),
+}
+
+impl GraphBuilder {
+    /// Declare a graph input.
+    pub fn input(&mut self, name: &str, elem_type: i32, dims: &[Dim]) -> String {
+        self.graph.input.push(value_info(name, elem_type, dims));
+        name.to_string()
+    }
+
+    /// Declare a graph output produced by `value` under `name`.
+    pub fn output(&mut self, value: &str, name: &str, elem_type: i32, dims: &[Dim]) {
+        self.node_named("Identity", &[value], vec![], name);
+        self.graph.output.push(value_info(name, elem_type, dims));
+    }
+
+    /// Add a float initializer.
+    pub fn f32s(&mut self, name: &str, dims: &[i64], data: &[f32]) -> String {
+        let raw = data.iter().flat_map(|v| v.to_le_bytes()).collect();
+        self.initializer(name, dims, FLOAT, raw)
+    }
+
+    /// Add an int64 initializer.
+    pub fn i64s(&mut self, name: &str, dims: &[i64], data: &[i64]) -> String {
+        let raw = data.iter().flat_map(|v| v.to_le_bytes()).collect();
+        self.initializer(name, dims, INT64, raw)
+    }
+
+    fn initializer(
+        &mut self,
+        name: &str,
+        dims: &[i64],
+        data_type: i32,
+        raw_data: Vec<u8>,
+    ) -> String {
+        self.graph.initializer.push(TensorProto {
+            dims: dims.to_vec(),
+            data_type,
+            name: name.to_string(),
+            raw_data,
+        });
+        name.to_string()
+    }
+
+    /// Add a node with one output; returns the output's generated name.
+    pub fn node(&mut self, op: &str, inputs: &[&str], attributes: Vec<AttributeProto>) -> String {
+        self.counter += 1;
+        let output = format!("{}_{}", op.to_ascii_lowercase(), self.counter);
+        self.node_named(op, inputs, attributes, &output);
+        output
+    }
+
+    fn node_named(
+        &mut self,
+        op: &str,
+        inputs: &[&str],
+        attribute: Vec<AttributeProto>,
+        output: &str,
+    ) {
+        self.graph.node.push(NodeProto {
+            input: inputs.iter().map(|s| s.to_string()).collect(),
+            output: vec![output.to_string()],
+            name: format!("node_{}", self.graph.node.len()),
+            op_type: op.to_string(),
+            domain: String::new(),
+            attribute,
+        });
+    }
+
+    /// A whole model around the graph, for opset `opset`.
+    pub fn finish(self, opset: i64, doc: &str, metadata: &[(&str, String)]) -> Vec<u8> {
+        ModelProto {
+            ir_version: 8,
+            opset_import: vec![OperatorSetIdProto {
+                domain: String::new(),
+                version: opset,
+            }],
+            producer_name: "twin".into(),
+            producer_version: env!("CARGO_PKG_VERSION").into(),
+            doc_string: doc.into(),
+            graph: Some(self.graph),
+            metadata_props: metadata
+                .iter()
+                .map(|(k, v)| StringStringEntryProto {
+                    key: k.to_string(),
+                    value: v.clone(),
+                })
+                .collect(),
+        }
+        .encode_to_vec()
+    }
+}
+
+fn value_info(name: &str, elem_type: i32, dims: &[Dim]) -> ValueInfoProto {
+    ValueInfoProto {
+        name: name.to_string(),
+        r#type: Some(TypeProto {
+            tensor_type: Some(TensorTypeProto {
+                elem_type,
+                shape: Some(TensorShapeProto {
+                    dim: dims
+                        .iter()
+                        .map(|d| match d {
+                            Dim::Fixed(n) => Dimension {
+                                dim_value: Some(*n),
+                                dim_param: None,
+                            },
+                            Dim::Named(s) => Dimension {
+                                dim_value: None,
+                                dim_param: Some(s.to_string()),
+                            },
+                        })
+                        .collect(),
+                }),
+            }),
+        }),
+    }
+}
+
+/// An int attribute.
+pub fn attr_int(name: &str, value: i64) -> AttributeProto {
+    AttributeProto {
+        name: name.into(),
+        r#type: 2,
+        i: value,
+        ..Default::default()
+    }
+}
+
+/// A float attribute.
+pub fn attr_float(name: &str, value: f32) -> AttributeProto {
+    AttributeProto {
+        name: name.into(),
+        r#type: 1,
+        f: value,
+        ..Default::default()
+    }
+}
+
+/// An int-list attribute.
+pub fn attr_ints(name: &str, values: &[i64]) -> AttributeProto {
+    AttributeProto {
+        name: name.into(),
+        r#type: 7,
+        ints: values.to_vec(),
+        ..Default::default()
+    }
+}

@@ -1,0 +1,129 @@
+//! Our embeddings against an independent implementation: `reference/minilm_reference.py`
+//! computes all-MiniLM-L6-v2 in numpy straight from the safetensors weights (it reproduces the
+//! model card's published vector); its output is kept in `testdata/minilm_reference.json`.
+//!
+//! Needs the weights and ONNX Runtime that scripts/setup.sh installs into the tool cache.
+
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+use serde::Deserialize;
+use twin_embedding::model::{default_runtime_library, tool_cache};
+use twin_embedding::{embedder, Embedder, EmbedderOptions, ModelFiles};
+
+const MODEL: &str = "sentence-transformers/all-MiniLM-L6-v2";
+
+#[derive(Deserialize)]
+struct Reference {
+    max_tokens: usize,
+    cases: Vec<Case>,
+}
+
+#[derive(Deserialize)]
+struct Case {
+    text: String,
+    token_ids: Vec<u32>,
+    embedding: Vec<f32>,
+}
+
+fn reference() -> Reference {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("testdata/minilm_reference.json");
+    serde_json::from_str(&std::fs::read_to_string(path).expect("reference file"))
+        .expect("reference json")
+}
+
+fn model() -> ModelFiles {
+    let dir = std::env::var_os("TWIN_TEST_MODEL_DIR")
+        .map(PathBuf::from)
+        .or_else(|| tool_cache().map(|c| c.join("models").join(MODEL)))
+        .expect("a model folder");
+    ModelFiles::at(MODEL, &dir)
+        .unwrap_or_else(|e| panic!("{e} (run scripts/setup.sh: it installs the weights)"))
+}
+
+/// One export and one session for the whole test binary.
+fn embedder() -> &'static Embedder {
+    static EMBEDDER: OnceLock<(tempfile::TempDir, Embedder)> = OnceLock::new();
+    &EMBEDDER
+        .get_or_init(|| {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let model = model();
+            let onnx = model.onnx(dir.path()).expect("export");
+            let runtime = embedder::runtime(&default_runtime_library()).expect("onnx runtime");
+            let options = EmbedderOptions {
+                max_batch_tokens: 1024,
+                ..Default::default()
+            };
+            let embedder = Embedder::load(runtime, &model, &onnx, options).expect("load");
+            (dir, embedder)
+        })
+        .1
+}
+
+fn cosine(a: &[f32], b: &[f32]) -> f32 {
+    let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+    let na: f32 = a.iter().map(|x| x * x).sum::<f32>().sqrt();
+    let nb: f32 = b.iter().map(|x| x * x).sum::<f32>().sqrt();
+    dot / (na * nb)
+}
+
+#[test]
+fn embeddings_match_the_independent_reference() {
+    let reference = reference();
+    let embedder = embedder();
+    assert_eq!(embedder.dimension(), 384);
+    assert_eq!(reference.max_tokens, 256);
+    let texts: Vec<&str> = reference.cases.iter().map(|c| c.text.as_str()).collect();
+    // All at once: batched, sorted by length, padded within each batch.
+    let vectors = embedder.embed(&texts).expect("embed");
+    let mut lowest = f32::MAX;
+    for (case, vector) in reference.cases.iter().zip(&vectors) {
+        let ids = embedder
+            .tokenizer()
+            .encode(case.text.as_str(), true)
+            .expect("tokenize");
+        assert_eq!(
+            ids.get_ids(),
+            case.token_ids.as_slice(),
+            "tokens of {:?}",
+            case.text
+        );
+        let similarity = cosine(vector, &case.embedding);
+        lowest = lowest.min(similarity);
+        assert!(
+            similarity >= 0.9999,
+            "cosine {similarity} for {:?}",
+            case.text
+        );
+        let norm: f32 = vector.iter().map(|x| x * x).sum::<f32>().sqrt();
+        assert!((norm - 1.0).abs() < 1e-5, "not normalised: {norm}");
+    }
+    eprintln!("lowest cosine similarity to the reference: {lowest:.7}");
+}
+
+#[test]
+fn padding_in_a_batch_does_not_change_an_embedding() {
+    let embedder = embedder();
+    let short = "Short text.";
+    let long =
+        "A much longer text that forces padding onto the short one when both share a batch. "
+            .repeat(4);
+    let alone = embedder.embed(&[short]).expect("alone").remove(0);
+    let together = embedder
+        .embed(&[long.as_str(), short, long.as_str()])
+        .expect("together");
+    assert!(cosine(&alone, &together[1]) > 0.99999);
+    assert!(cosine(&together[0], &together[2]) > 0.99999);
+    assert!(embedder.embed(&[]).expect("nothing").is_empty());
+}
+
+#[test]
+fn text_beyond_the_window_is_truncated_not_refused() {
+    let embedder = embedder();
+    let huge = "word ".repeat(5000);
+    let vectors = embedder.embed(&[huge.as_str(), ""]).expect("embed");
+    assert_eq!(vectors.len(), 2);
+    assert!(vectors
+        .iter()
+        .all(|v| v.len() == 384 && v.iter().all(|x| x.is_finite())));
+}
