@@ -75,6 +75,30 @@ enum Command {
         #[command(subcommand)]
         command: LogCommand,
     },
+    /// Manage the embedding model: pull it, export it to ONNX, embed texts with it.
+    Models {
+        #[command(subcommand)]
+        command: ModelsCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ModelsCommand {
+    /// Download the configured model from the Hugging Face Hub (`embedding.hub_endpoint`) into
+    /// the data folder.
+    Pull,
+    /// Export the configured model's safetensors weights to ONNX.
+    Export {
+        /// Where to write the ONNX file [default: DATA_DIR/models/MODEL/model.onnx].
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
+    /// Embed texts and print one JSON object per text.
+    Embed {
+        /// The texts.
+        #[arg(required = true)]
+        texts: Vec<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -192,11 +216,58 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             let log = twin_eventlog::open(&config)?;
             tail(log.as_ref(), &topic, group.as_deref(), max, follow).await
         }
+        Command::Models { command } => models(&config, command).await,
         Command::Ingest { .. } => not_built("ingest", "the ingest issue (#3)"),
         Command::Stream { .. } => not_built("stream", "the feature-pipeline issue (#4)"),
         Command::Train => not_built("train", "a training issue"),
         Command::Serve => not_built("serve", "a serving issue"),
     }
+}
+
+async fn models(config: &TwinConfig, command: ModelsCommand) -> Result<ExitCode> {
+    let settings = &config.embedding;
+    match command {
+        ModelsCommand::Pull => {
+            let files = twin_embedding::pull_configured(settings, &config.data_dir).await?;
+            println!("{} pulled into {}", files.id, files.dir.display());
+        }
+        ModelsCommand::Export { out } => {
+            let files = twin_embedding::model_files(settings, &config.data_dir).await?;
+            let out = out.unwrap_or_else(|| {
+                config
+                    .data_dir
+                    .join("models")
+                    .join(&files.id)
+                    .join("model.onnx")
+            });
+            let summary = files.export(&out)?;
+            println!(
+                "{} exported to {}: {} layers, {} dimensions, {} parameters, {} bytes",
+                files.id,
+                out.display(),
+                summary.layers,
+                summary.hidden_size,
+                summary.parameters,
+                summary.bytes
+            );
+        }
+        ModelsCommand::Embed { texts } => {
+            let embedder =
+                std::sync::Arc::new(twin_embedding::open(settings, &config.data_dir).await?);
+            let vectors = embedder.embed_async(texts.clone()).await?;
+            let stdout = std::io::stdout();
+            for (text, vector) in texts.iter().zip(vectors) {
+                let line = serde_json::json!({
+                    "model": embedder.model_id(),
+                    "text": text,
+                    "dimension": vector.len(),
+                    "embedding": vector,
+                });
+                writeln!(stdout.lock(), "{line}")?;
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn not_built(role: &str, issue: &str) -> Result<ExitCode> {

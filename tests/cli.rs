@@ -186,3 +186,70 @@ fn log_tail_of_a_missing_topic_is_an_error_and_creates_nothing() {
     );
     assert!(!dir.path().join(".twin/log/no-such-topic").exists());
 }
+
+#[test]
+fn models_embed_prints_normalised_vectors_of_the_configured_model() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = twin(
+        dir.path(),
+        &[
+            "models",
+            "embed",
+            "Streaming pipelines in Rust.",
+            "Another text.",
+        ],
+        &[],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let lines: Vec<serde_json::Value> = stdout(&out)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json line"))
+        .collect();
+    assert_eq!(lines.len(), 2);
+    for line in &lines {
+        assert_eq!(line["model"], "sentence-transformers/all-MiniLM-L6-v2");
+        assert_eq!(line["dimension"], 384);
+        let norm: f64 = line["embedding"]
+            .as_array()
+            .expect("array")
+            .iter()
+            .map(|x| x.as_f64().expect("number").powi(2))
+            .sum();
+        assert!((norm - 1.0).abs() < 1e-4, "{norm}");
+    }
+    // The ONNX file was exported into the data folder on first use.
+    assert!(dir
+        .path()
+        .join(".twin/models/sentence-transformers/all-MiniLM-L6-v2/model.onnx")
+        .is_file());
+
+    let out = twin(
+        dir.path(),
+        &["models", "export", "--out", "exported.onnx"],
+        &[],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("6 layers, 384 dimensions"),
+        "{}",
+        stdout(&out)
+    );
+    assert!(dir.path().join("exported.onnx").is_file());
+}
+
+#[test]
+fn a_model_folder_without_weights_is_reported() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir(dir.path().join("empty")).expect("mkdir");
+    let out = twin(
+        dir.path(),
+        &["models", "embed", "x"],
+        &[("TWIN_EMBEDDING__MODEL_DIR", "empty")],
+    );
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("config.json is missing"),
+        "{}",
+        stderr(&out)
+    );
+}

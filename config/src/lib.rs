@@ -16,7 +16,9 @@ use std::path::{Path, PathBuf};
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 
-pub use model::{EmbeddedLogConfig, KafkaConfig, LogBackend, LogConfig, TopicNames, TwinConfig};
+pub use model::{
+    EmbeddedLogConfig, EmbeddingConfig, KafkaConfig, LogBackend, LogConfig, TopicNames, TwinConfig,
+};
 
 /// The file read when none is named.
 pub const DEFAULT_FILE: &str = "twin.toml";

@@ -18,6 +18,8 @@ pub struct TwinConfig {
     pub log: LogConfig,
     /// Topic names.
     pub topics: TopicNames,
+    /// The embedding model.
+    pub embedding: EmbeddingConfig,
 }
 
 impl Default for TwinConfig {
@@ -26,6 +28,7 @@ impl Default for TwinConfig {
             data_dir: PathBuf::from(".twin"),
             log: LogConfig::default(),
             topics: TopicNames::default(),
+            embedding: EmbeddingConfig::default(),
         }
     }
 }
@@ -181,5 +184,53 @@ impl TopicNames {
             &self.embedded_chunks,
             &self.dead_letters,
         ]
+    }
+}
+
+/// The embedding model and how it runs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EmbeddingConfig {
+    /// Model id on the Hugging Face Hub.
+    pub model: String,
+    /// A folder holding the model's `config.json`, `tokenizer.json` and `model.safetensors`;
+    /// unset, the model is looked up under `data_dir/models` and the tool cache, then pulled.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model_dir: Option<PathBuf>,
+    /// Hub the model is pulled from (default: `HF_ENDPOINT`, else huggingface.co). A token, if
+    /// the hub needs one, comes from `HF_TOKEN`.
+    pub hub_endpoint: String,
+    /// Revision (branch, tag or commit) pulled.
+    pub revision: String,
+    /// ONNX Runtime's shared library (default: `ORT_DYLIB_PATH`, else the setup script's).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub onnxruntime_library: Option<PathBuf>,
+    /// Sessions embedding batches concurrently; 0 means one per core.
+    pub workers: usize,
+    /// ONNX Runtime intra-op threads per worker.
+    pub intra_threads: usize,
+    /// Longest input in tokens (the model's window); longer texts are truncated.
+    pub max_tokens: usize,
+    /// Most tokens in one batch, padding included.
+    pub max_batch_tokens: usize,
+    /// Most texts in one batch.
+    pub max_batch_size: usize,
+}
+
+impl Default for EmbeddingConfig {
+    fn default() -> Self {
+        Self {
+            model: "sentence-transformers/all-MiniLM-L6-v2".into(),
+            model_dir: None,
+            hub_endpoint: std::env::var("HF_ENDPOINT")
+                .unwrap_or_else(|_| "https://huggingface.co".into()),
+            revision: "main".into(),
+            onnxruntime_library: None,
+            workers: 0,
+            intra_threads: 1,
+            max_tokens: 256,
+            max_batch_tokens: 512,
+            max_batch_size: 64,
+        }
     }
 }

@@ -6,6 +6,8 @@
 //! - [`onnx`]: the ONNX protobuf messages and a graph builder.
 //! - [`embedder`]: tokenisation, batching by token budget, ONNX Runtime, mean pooling and L2
 //!   normalisation, as sentence-transformers computes them.
+//!
+//! [`open`] does all of it from the configuration: find (or pull) the model, export it, load it.
 
 pub mod bert;
 pub mod embedder;
@@ -13,6 +15,8 @@ pub mod model;
 pub mod onnx;
 
 use std::path::{Path, PathBuf};
+
+use twin_config::EmbeddingConfig;
 
 pub use embedder::{Embedder, EmbedderOptions};
 pub use model::ModelFiles;
@@ -65,4 +69,65 @@ impl From<ort::Error> for EmbeddingError {
     fn from(e: ort::Error) -> Self {
         EmbeddingError::Runtime(e.to_string())
     }
+}
+
+/// The configured model, ready to embed: found locally or pulled from the hub on first use,
+/// exported to ONNX under `data_dir/models` if needed, and loaded on ONNX Runtime.
+pub async fn open(config: &EmbeddingConfig, data_dir: &Path) -> Result<Embedder, EmbeddingError> {
+    let files = model_files(config, data_dir).await?;
+    let models = data_dir.join("models");
+    let export_files = files.clone();
+    let onnx = tokio::task::spawn_blocking(move || export_files.onnx(&models))
+        .await
+        .map_err(|e| EmbeddingError::Runtime(format!("export task failed: {e}")))??;
+    let library = config
+        .onnxruntime_library
+        .clone()
+        .unwrap_or_else(model::default_runtime_library);
+    let runtime = embedder::runtime(&library)?;
+    let workers = match config.workers {
+        0 => std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1),
+        n => n,
+    };
+    let options = EmbedderOptions {
+        intra_threads: config.intra_threads,
+        workers,
+        max_tokens: config.max_tokens,
+        max_batch_tokens: config.max_batch_tokens,
+        max_batch_size: config.max_batch_size,
+    };
+    tokio::task::spawn_blocking(move || Embedder::load(runtime, &files, &onnx, options))
+        .await
+        .map_err(|e| EmbeddingError::Runtime(format!("load task failed: {e}")))?
+}
+
+/// The configured model's files: where the configuration says, else found locally, else pulled
+/// from the hub into `data_dir/models`.
+pub async fn model_files(
+    config: &EmbeddingConfig,
+    data_dir: &Path,
+) -> Result<ModelFiles, EmbeddingError> {
+    if let Some(files) = ModelFiles::locate(&config.model, config.model_dir.as_deref(), data_dir)? {
+        return Ok(files);
+    }
+    tracing::info!(model = %config.model, endpoint = %config.hub_endpoint, "model not found locally; pulling it");
+    pull_configured(config, data_dir).await
+}
+
+/// Pull the configured model from its hub into `data_dir/models`, with `HF_TOKEN` if set.
+pub async fn pull_configured(
+    config: &EmbeddingConfig,
+    data_dir: &Path,
+) -> Result<ModelFiles, EmbeddingError> {
+    let token = std::env::var("HF_TOKEN").ok().filter(|t| !t.is_empty());
+    model::pull(
+        &config.hub_endpoint,
+        &config.model,
+        &config.revision,
+        &data_dir.join("models").join(&config.model),
+        token.as_deref(),
+    )
+    .await
 }

@@ -127,3 +127,24 @@ fn text_beyond_the_window_is_truncated_not_refused() {
         .iter()
         .all(|v| v.len() == 384 && v.iter().all(|x| x.is_finite())));
 }
+
+#[test]
+fn concurrent_workers_give_the_same_embeddings_in_the_same_order() {
+    let reference = reference();
+    let model = model();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let onnx = model.onnx(dir.path()).expect("export");
+    let runtime = embedder::runtime(&default_runtime_library()).expect("onnx runtime");
+    let options = EmbedderOptions {
+        workers: 2,
+        intra_threads: 1,
+        max_batch_tokens: 64, // many small batches, so both workers get some
+        ..Default::default()
+    };
+    let parallel = Embedder::load(runtime, &model, &onnx, options).expect("load");
+    let texts: Vec<&str> = reference.cases.iter().map(|c| c.text.as_str()).collect();
+    let ours = parallel.embed(&texts).expect("embed");
+    for (case, vector) in reference.cases.iter().zip(&ours) {
+        assert!(cosine(vector, &case.embedding) >= 0.9999, "{:?}", case.text);
+    }
+}

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Benchmarks (not tests): prints figures beside their baselines.
+#   scripts/bench.sh log      the event log, embedded and Kafka (Tansu), 100,000 events of 1 KB
+#   scripts/bench.sh embed    embedding throughput against the Python baseline [-- --corpus FILE]
+# Extra arguments after the name go to the benchmark.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+CACHE="${LLM_TWIN_CACHE:-$HOME/.cache/twin}"
+bash scripts/setup.sh
+export TANSU_BIN="$CACHE/tansu/bin/tansu"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$CACHE/target}"
+which="${1:-all}"
+shift || true
+if [ "$which" = log ] || [ "$which" = all ]; then
+  cargo bench --locked -p twin-eventlog --bench log_throughput -- "$@"
+fi
+if [ "$which" = embed ] || [ "$which" = all ]; then
+  # The baseline's packages, in a folder of their own (not the project's environment).
+  if [ ! -f "$CACHE/bench-python/.ok" ]; then
+    python3 -m pip install --quiet --disable-pip-version-check --target "$CACHE/bench-python" \
+      onnxruntime==1.32.0 tokenizers numpy
+    touch "$CACHE/bench-python/.ok"
+  fi
+  PYTHONPATH="$CACHE/bench-python" cargo bench --locked -p twin-embedding --bench embed_throughput -- "$@"
+fi
