@@ -17,7 +17,8 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 
 pub use model::{
-    EmbeddedLogConfig, EmbeddingConfig, KafkaConfig, LogBackend, LogConfig, TopicNames, TwinConfig,
+    ChunkRule, ChunkingConfig, EmbeddedLogConfig, EmbeddingConfig, KafkaConfig, LogBackend,
+    LogConfig, TopicNames, TwinConfig,
 };
 
 /// The file read when none is named.

@@ -20,6 +20,8 @@ pub struct TwinConfig {
     pub topics: TopicNames,
     /// The embedding model.
     pub embedding: EmbeddingConfig,
+    /// How documents are cut into chunks, per kind.
+    pub chunking: ChunkingConfig,
 }
 
 impl Default for TwinConfig {
@@ -29,6 +31,7 @@ impl Default for TwinConfig {
             log: LogConfig::default(),
             topics: TopicNames::default(),
             embedding: EmbeddingConfig::default(),
+            chunking: ChunkingConfig::default(),
         }
     }
 }
@@ -233,4 +236,45 @@ impl Default for EmbeddingConfig {
             max_batch_size: 64,
         }
     }
+}
+
+/// How documents are cut into chunks, per kind of document.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ChunkingConfig {
+    /// Articles: long prose, cut between sentences, sections start chunks.
+    pub article: ChunkRule,
+    /// Posts: short prose.
+    pub post: ChunkRule,
+    /// Repositories: code, cut between lines, never overlapping.
+    pub repository: ChunkRule,
+}
+
+impl Default for ChunkingConfig {
+    fn default() -> Self {
+        Self {
+            article: ChunkRule {
+                max_tokens: 254,
+                overlap_tokens: 32,
+            },
+            post: ChunkRule {
+                max_tokens: 128,
+                overlap_tokens: 16,
+            },
+            repository: ChunkRule {
+                max_tokens: 254,
+                overlap_tokens: 0,
+            },
+        }
+    }
+}
+
+/// Size of the chunks of one kind of document.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChunkRule {
+    /// Most tokens in a chunk; clamped to the embedding model's window less its special tokens.
+    pub max_tokens: usize,
+    /// Tokens of whole sentences repeated from the end of one chunk at the start of the next.
+    pub overlap_tokens: usize,
 }
