@@ -138,7 +138,7 @@ fn strip_tracking_in_word(word: &str) -> String {
         return word.to_string();
     };
     let end = word[start..]
-        .find(|c: char| matches!(c, ')' | ']' | '>' | '"' | '\'' | ','))
+        .find([')', ']', '>', '"', '\'', ','])
         .map(|i| start + i)
         .unwrap_or(word.len());
     let (url, trailing) = word[start..end].split_at(

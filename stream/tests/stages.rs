@@ -47,13 +47,13 @@ fn article() -> RawDocument {
     code.language = Some("rust".into());
     let content = vec![
         block(BlockKind::Heading, "Why 𝗲𝘃𝗲𝗻𝘁 𝘀𝗼𝘂𝗿𝗰𝗶𝗻𝗴?", 1),
-        ContentBlock::paragraph(&prose.repeat(6)),
+        ContentBlock::paragraph(prose.repeat(6)),
         ContentBlock::paragraph("Read more at https://example.com/post?utm_source=newsletter&utm_medium=email&id=7 today."),
         block(BlockKind::Heading, "How it works", 2),
         block(BlockKind::ListItem, "Crawl   the sources.", 1),
         block(BlockKind::ListItem, "Clean, chunk\u{200B} and embed.", 1),
         code,
-        ContentBlock::paragraph(&prose.repeat(3)),
+        ContentBlock::paragraph(prose.repeat(3)),
         ContentBlock::paragraph("Thanks for reading Decoding ML! Subscribe for free to receive new posts and support my work."),
         ContentBlock::paragraph("Share"),
     ];
