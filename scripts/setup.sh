@@ -79,6 +79,14 @@ if [ ! -x "$CACHE/tansu/bin/tansu" ]; then
   rm -rf "$CACHE/tansu-build"
 fi
 
+# ClickHouse: the real server of the warehouse tests (Debian's package; the tests start their own
+# instance on free ports).
+if [ ! -x /usr/sbin/clickhouse-server ]; then
+  say "installing clickhouse-server"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq clickhouse-server clickhouse-client >/dev/null
+fi
+
 # fastavro: the "standard Avro tooling" of the wire-format interoperability test.
 if [ ! -f "$CACHE/python/fastavro-$FASTAVRO_VERSION.ok" ]; then
   say "installing fastavro $FASTAVRO_VERSION"

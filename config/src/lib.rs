@@ -17,8 +17,8 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 
 pub use model::{
-    ChunkRule, ChunkingConfig, EmbeddedLogConfig, EmbeddingConfig, KafkaConfig, LogBackend,
-    LogConfig, TopicNames, TwinConfig,
+    ChunkRule, ChunkingConfig, ClickHouseConfig, EmbeddedLogConfig, EmbeddingConfig, KafkaConfig,
+    LogBackend, LogConfig, TopicNames, TwinConfig, WarehouseBackend, WarehouseConfig,
 };
 
 /// The file read when none is named.

@@ -22,6 +22,8 @@ pub struct TwinConfig {
     pub embedding: EmbeddingConfig,
     /// How documents are cut into chunks, per kind.
     pub chunking: ChunkingConfig,
+    /// The warehouse: raw, cleaned and chunked documents.
+    pub warehouse: WarehouseConfig,
 }
 
 impl Default for TwinConfig {
@@ -32,6 +34,7 @@ impl Default for TwinConfig {
             topics: TopicNames::default(),
             embedding: EmbeddingConfig::default(),
             chunking: ChunkingConfig::default(),
+            warehouse: WarehouseConfig::default(),
         }
     }
 }
@@ -277,4 +280,70 @@ pub struct ChunkRule {
     pub max_tokens: usize,
     /// Tokens of whole sentences repeated from the end of one chunk at the start of the next.
     pub overlap_tokens: usize,
+}
+
+/// Which warehouse implementation to use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WarehouseBackend {
+    /// SQLite under `data_dir/warehouse.sqlite`.
+    Embedded,
+    /// A ClickHouse server.
+    ClickHouse,
+}
+
+/// The warehouse.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WarehouseConfig {
+    /// Which implementation.
+    pub backend: WarehouseBackend,
+    /// Settings of the ClickHouse warehouse.
+    pub clickhouse: ClickHouseConfig,
+}
+
+impl Default for WarehouseConfig {
+    fn default() -> Self {
+        Self {
+            backend: WarehouseBackend::Embedded,
+            clickhouse: ClickHouseConfig::default(),
+        }
+    }
+}
+
+/// A ClickHouse server.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClickHouseConfig {
+    /// HTTP interface.
+    pub url: String,
+    /// Database the tables live in (created if missing).
+    pub database: String,
+    /// User.
+    pub user: String,
+    /// Password (masked wherever configuration is shown).
+    pub password: String,
+}
+
+impl Default for ClickHouseConfig {
+    fn default() -> Self {
+        Self {
+            url: "http://127.0.0.1:8123".into(),
+            database: "twin".into(),
+            user: "default".into(),
+            password: String::new(),
+        }
+    }
+}
+
+// Hand-written so that a `{:?}` never prints the password.
+impl fmt::Debug for ClickHouseConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClickHouseConfig")
+            .field("url", &self.url)
+            .field("database", &self.database)
+            .field("user", &self.user)
+            .field("password", &secrets::masked("password", &self.password))
+            .finish()
+    }
 }

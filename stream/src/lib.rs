@@ -4,12 +4,15 @@
 //!   exactly).
 //! - [`chunk`]: the chunk stage (token-counted, sentence-aligned, overlapping chunks per kind of
 //!   document).
+//! - [`warehouse`]: raw, cleaned and chunked documents with their log positions, in SQLite
+//!   (embedded) or ClickHouse.
 //!
 //! Still to come (the feature-pipeline issue, #4): the embed stage on `twin-embedding`, the
-//! warehouse and vector-store sinks, and the `twin stream` worker.
+//! vector-store sink, and the `twin stream` worker.
 
 pub mod chunk;
 pub mod clean;
+pub mod warehouse;
 
 pub use chunk::{chunk_id, Chunker};
 pub use clean::clean;
@@ -20,4 +23,7 @@ pub enum StreamError {
     /// The tokenizer failed on a text.
     #[error("tokenizer: {0}")]
     Tokenizer(String),
+    /// The warehouse refused or failed a read or write.
+    #[error("warehouse: {0}")]
+    Warehouse(String),
 }
