@@ -17,7 +17,7 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 results="$(mktemp)"
 trap 'rm -f "$results"' EXIT
 set +e
-cargo test --workspace --locked "$@" 2>&1 | tee "$results"
+cargo test --workspace --locked --no-fail-fast "$@" 2>&1 | tee "$results"
 status=${PIPESTATUS[0]}
 set -e
 # One closing line for the whole workspace (cargo prints one per test binary).

@@ -18,7 +18,8 @@ use figment::Figment;
 
 pub use model::{
     ChunkRule, ChunkingConfig, ClickHouseConfig, EmbeddedLogConfig, EmbeddingConfig, KafkaConfig,
-    LogBackend, LogConfig, TopicNames, TwinConfig, WarehouseBackend, WarehouseConfig,
+    LogBackend, LogConfig, QdrantConfig, TopicNames, TwinConfig, VectorStoreBackend,
+    VectorStoreConfig, WarehouseBackend, WarehouseConfig,
 };
 
 /// The file read when none is named.

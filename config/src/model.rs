@@ -24,6 +24,8 @@ pub struct TwinConfig {
     pub chunking: ChunkingConfig,
     /// The warehouse: raw, cleaned and chunked documents.
     pub warehouse: WarehouseConfig,
+    /// The vector store: embedded chunks for retrieval.
+    pub vectors: VectorStoreConfig,
 }
 
 impl Default for TwinConfig {
@@ -35,6 +37,7 @@ impl Default for TwinConfig {
             embedding: EmbeddingConfig::default(),
             chunking: ChunkingConfig::default(),
             warehouse: WarehouseConfig::default(),
+            vectors: VectorStoreConfig::default(),
         }
     }
 }
@@ -344,6 +347,67 @@ impl fmt::Debug for ClickHouseConfig {
             .field("database", &self.database)
             .field("user", &self.user)
             .field("password", &secrets::masked("password", &self.password))
+            .finish()
+    }
+}
+
+/// Which vector store implementation to use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VectorStoreBackend {
+    /// Qdrant Edge, in-process, under `data_dir/vectors`.
+    Edge,
+    /// A Qdrant server.
+    Qdrant,
+}
+
+/// The vector store.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct VectorStoreConfig {
+    /// Which implementation.
+    pub backend: VectorStoreBackend,
+    /// Prefix of the collection names (`{prefix}articles`, `{prefix}posts`, `{prefix}repositories`).
+    pub collection_prefix: String,
+    /// Settings of the Qdrant server.
+    pub qdrant: QdrantConfig,
+}
+
+impl Default for VectorStoreConfig {
+    fn default() -> Self {
+        Self {
+            backend: VectorStoreBackend::Edge,
+            collection_prefix: "twin_".into(),
+            qdrant: QdrantConfig::default(),
+        }
+    }
+}
+
+/// A Qdrant server.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct QdrantConfig {
+    /// gRPC url.
+    pub url: String,
+    /// API key, if the server needs one (masked wherever configuration is shown).
+    pub api_key: String,
+}
+
+impl Default for QdrantConfig {
+    fn default() -> Self {
+        Self {
+            url: "http://127.0.0.1:6334".into(),
+            api_key: String::new(),
+        }
+    }
+}
+
+// Hand-written so that a `{:?}` never prints the API key.
+impl fmt::Debug for QdrantConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("QdrantConfig")
+            .field("url", &self.url)
+            .field("api_key", &secrets::masked("api_key", &self.api_key))
             .finish()
     }
 }

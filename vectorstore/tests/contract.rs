@@ -1,0 +1,368 @@
+//! The vector store contract: one suite, run against Qdrant Edge, and against a Qdrant server
+//! with `QDRANT_URL=http://HOST:6334 cargo test -p twin-vectorstore -- --ignored` (no Qdrant
+//! server can be installed from the registries this project builds from, so CI runs the Edge
+//! half and reports the server half as ignored).
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+
+use twin_config::QdrantConfig;
+use twin_schemas::{Author, Chunk, DocumentKind, EmbeddedChunk};
+use twin_stream_free_ids::chunk_id;
+use twin_vectorstore::{EdgeVectorStore, QdrantVectorStore, SearchFilter, VectorStore};
+
+/// Deterministic ids without depending on the stream crate.
+mod twin_stream_free_ids {
+    pub fn chunk_id(document: &str, position: i32) -> String {
+        let seed = format!("{document}/{position}");
+        let mut h: u128 = 0xcbf29ce484222325;
+        for b in seed.bytes() {
+            h = (h ^ u128::from(b)).wrapping_mul(0x100000001b3);
+        }
+        format!("{h:032x}")
+    }
+}
+
+const DIM: usize = 8;
+
+struct Backend {
+    store: Arc<dyn VectorStore>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+fn unique() -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "t{}_{}_",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+async fn edge() -> Backend {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = EdgeVectorStore::new(dir.path().join("vectors"), &unique());
+    store.ensure_collections(DIM).await.expect("collections");
+    Backend {
+        store: Arc::new(store),
+        _dir: Some(dir),
+    }
+}
+
+async fn qdrant() -> Backend {
+    let url = std::env::var("QDRANT_URL")
+        .expect("QDRANT_URL names the Qdrant server to test (gRPC, e.g. http://127.0.0.1:6334)");
+    let config = QdrantConfig {
+        url,
+        api_key: std::env::var("QDRANT_API_KEY").unwrap_or_default(),
+    };
+    let store = QdrantVectorStore::connect(&config, &unique()).expect("connect");
+    store.ensure_collections(DIM).await.expect("collections");
+    Backend {
+        store: Arc::new(store),
+        _dir: None,
+    }
+}
+
+/// A unit vector pointing mostly along axis `axis`.
+fn unit(axis: usize, wobble: f32) -> Vec<f32> {
+    let mut v = [wobble; DIM];
+    v[axis % DIM] = 1.0;
+    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    v.iter().map(|x| x / norm).collect()
+}
+
+fn point(
+    document: &str,
+    position: i32,
+    author: &str,
+    platform: &str,
+    axis: usize,
+) -> EmbeddedChunk {
+    EmbeddedChunk {
+        chunk: Chunk {
+            id: chunk_id(document, position),
+            document_id: document.into(),
+            kind: DocumentKind::Article,
+            platform: platform.into(),
+            author: Author {
+                id: author.into(),
+                full_name: format!("{author} full"),
+            },
+            url: format!("https://{platform}.example/{document}"),
+            title: format!("title {document}"),
+            published_at: Some(1_700_000_000_000),
+            position,
+            text: format!("text {document} {position}"),
+            token_count: 4,
+            document_hash: "h".into(),
+            chunked_at: 1,
+        },
+        model_id: "test-model".into(),
+        dimension: DIM as i32,
+        embedding: unit(axis, 0.05),
+        embedded_at: 1,
+    }
+}
+
+fn only(document: &str) -> SearchFilter {
+    SearchFilter {
+        document_id: Some(document.into()),
+        ..Default::default()
+    }
+}
+
+async fn points_are_searchable_with_their_payload(s: Arc<dyn VectorStore>) {
+    s.replace_document(
+        DocumentKind::Article,
+        "d1",
+        &[
+            point("d1", 0, "paul", "medium", 0),
+            point("d1", 1, "paul", "medium", 1),
+        ],
+    )
+    .await
+    .expect("replace");
+    let hits = s
+        .search(
+            DocumentKind::Article,
+            &unit(1, 0.0),
+            5,
+            &SearchFilter::default(),
+        )
+        .await
+        .expect("search");
+    assert_eq!(hits.len(), 2);
+    assert_eq!(hits[0].payload.text, "text d1 1", "nearest first");
+    assert!(hits[0].score > 0.95 && hits[0].score > hits[1].score);
+    let p = &hits[0].payload;
+    assert_eq!(
+        (
+            p.document_id.as_str(),
+            p.author_id.as_str(),
+            p.platform.as_str(),
+            p.position
+        ),
+        ("d1", "paul", "medium", 1)
+    );
+    assert_eq!(p.url, "https://medium.example/d1");
+    assert_eq!(p.published_at, Some(1_700_000_000_000));
+    // Other kinds have their own collections.
+    assert!(s
+        .search(
+            DocumentKind::Post,
+            &unit(1, 0.0),
+            5,
+            &SearchFilter::default()
+        )
+        .await
+        .expect("posts")
+        .is_empty());
+}
+
+async fn filters_select_by_author_platform_and_document(s: Arc<dyn VectorStore>) {
+    s.replace_document(
+        DocumentKind::Article,
+        "a",
+        &[point("a", 0, "paul", "medium", 2)],
+    )
+    .await
+    .expect("a");
+    s.replace_document(
+        DocumentKind::Article,
+        "b",
+        &[point("b", 0, "maxime", "substack", 2)],
+    )
+    .await
+    .expect("b");
+    let by_author = SearchFilter {
+        author_id: Some("maxime".into()),
+        ..Default::default()
+    };
+    let hits = s
+        .search(DocumentKind::Article, &unit(2, 0.0), 10, &by_author)
+        .await
+        .expect("search");
+    assert_eq!(
+        hits.iter()
+            .map(|h| h.payload.document_id.as_str())
+            .collect::<Vec<_>>(),
+        ["b"]
+    );
+    let by_platform = SearchFilter {
+        platform: Some("medium".into()),
+        ..Default::default()
+    };
+    assert_eq!(
+        s.count(DocumentKind::Article, &by_platform)
+            .await
+            .expect("count"),
+        1
+    );
+    assert_eq!(
+        s.count(DocumentKind::Article, &SearchFilter::default())
+            .await
+            .expect("count"),
+        2
+    );
+}
+
+async fn replacing_a_document_leaves_no_stale_point(s: Arc<dyn VectorStore>) {
+    let v1: Vec<_> = (0..4)
+        .map(|i| point("doc", i, "paul", "medium", i as usize))
+        .collect();
+    s.replace_document(DocumentKind::Article, "doc", &v1)
+        .await
+        .expect("v1");
+    let v2: Vec<_> = (10..12)
+        .map(|i| point("doc", i, "paul", "medium", i as usize))
+        .collect();
+    s.replace_document(DocumentKind::Article, "doc", &v2)
+        .await
+        .expect("v2");
+    assert_eq!(
+        s.count(DocumentKind::Article, &only("doc"))
+            .await
+            .expect("count"),
+        2
+    );
+    // Idempotent: the same replacement again changes nothing.
+    s.replace_document(DocumentKind::Article, "doc", &v2)
+        .await
+        .expect("again");
+    assert_eq!(
+        s.count(DocumentKind::Article, &only("doc"))
+            .await
+            .expect("count"),
+        2
+    );
+    let hits = s
+        .search(DocumentKind::Article, &unit(0, 0.0), 10, &only("doc"))
+        .await
+        .expect("search");
+    assert!(
+        hits.iter().all(|h| h.payload.position >= 10),
+        "no chunk of the old version"
+    );
+}
+
+async fn a_tombstone_removes_every_point_of_the_document(s: Arc<dyn VectorStore>) {
+    s.replace_document(
+        DocumentKind::Article,
+        "gone",
+        &[point("gone", 0, "paul", "medium", 3)],
+    )
+    .await
+    .expect("a");
+    let mut post = point("gone", 1, "paul", "linkedin", 4);
+    post.chunk.kind = DocumentKind::Post;
+    s.replace_document(DocumentKind::Post, "gone", &[post])
+        .await
+        .expect("post");
+    s.replace_document(
+        DocumentKind::Article,
+        "kept",
+        &[point("kept", 0, "paul", "medium", 3)],
+    )
+    .await
+    .expect("kept");
+    s.delete_document("gone").await.expect("delete");
+    assert_eq!(
+        s.count(DocumentKind::Article, &only("gone"))
+            .await
+            .expect("count"),
+        0
+    );
+    assert_eq!(
+        s.count(DocumentKind::Post, &only("gone"))
+            .await
+            .expect("count"),
+        0
+    );
+    assert_eq!(
+        s.count(DocumentKind::Article, &only("kept"))
+            .await
+            .expect("count"),
+        1
+    );
+}
+
+async fn drop_all_empties_the_store_for_a_rebuild(s: Arc<dyn VectorStore>) {
+    s.replace_document(
+        DocumentKind::Article,
+        "x",
+        &[point("x", 0, "paul", "medium", 5)],
+    )
+    .await
+    .expect("x");
+    s.drop_all().await.expect("drop");
+    s.ensure_collections(DIM).await.expect("again");
+    assert_eq!(
+        s.count(DocumentKind::Article, &SearchFilter::default())
+            .await
+            .expect("count"),
+        0
+    );
+}
+
+macro_rules! contract {
+    ($($test:ident),* $(,)?) => {
+        mod edge {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() {
+                    let backend = super::edge().await;
+                    super::$test(backend.store.clone()).await;
+                }
+            )*
+        }
+        mod qdrant {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                #[ignore = "needs a Qdrant server: QDRANT_URL=http://HOST:6334 cargo test -p twin-vectorstore -- --ignored"]
+                async fn $test() {
+                    let backend = super::qdrant().await;
+                    super::$test(backend.store.clone()).await;
+                }
+            )*
+        }
+    };
+}
+
+contract!(
+    points_are_searchable_with_their_payload,
+    filters_select_by_author_platform_and_document,
+    replacing_a_document_leaves_no_stale_point,
+    a_tombstone_removes_every_point_of_the_document,
+    drop_all_empties_the_store_for_a_rebuild,
+);
+
+#[tokio::test]
+async fn the_embedded_store_survives_a_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let store = EdgeVectorStore::new(dir.path().to_path_buf(), "p_");
+        store.ensure_collections(DIM).await.expect("collections");
+        store
+            .replace_document(
+                DocumentKind::Article,
+                "d",
+                &[point("d", 0, "paul", "medium", 6)],
+            )
+            .await
+            .expect("write");
+    }
+    let store = EdgeVectorStore::new(dir.path().to_path_buf(), "p_");
+    store.ensure_collections(DIM).await.expect("reopen");
+    let hits = store
+        .search(
+            DocumentKind::Article,
+            &unit(6, 0.0),
+            1,
+            &SearchFilter::default(),
+        )
+        .await
+        .expect("search");
+    assert_eq!(hits.len(), 1);
+    assert_eq!(hits[0].payload.document_id, "d");
+}
