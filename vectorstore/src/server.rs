@@ -65,6 +65,25 @@ impl QdrantVectorStore {
     }
 }
 
+impl QdrantVectorStore {
+    /// Delete a document's points from one collection, waiting until the server applied it.
+    async fn delete_points_of(
+        &self,
+        name: &str,
+        document_id: &str,
+    ) -> Result<(), VectorStoreError> {
+        self.client
+            .delete_points(
+                DeletePointsBuilder::new(name)
+                    .points(document_filter(document_id))
+                    .wait(true),
+            )
+            .await
+            .map_err(server_err(format!("delete the points of {document_id}")))?;
+        Ok(())
+    }
+}
+
 #[async_trait]
 impl VectorStore for QdrantVectorStore {
     fn backend(&self) -> &'static str {
@@ -111,14 +130,7 @@ impl VectorStore for QdrantVectorStore {
         points: &[EmbeddedChunk],
     ) -> Result<(), VectorStoreError> {
         let name = collection(&self.prefix, kind);
-        self.client
-            .delete_points(
-                DeletePointsBuilder::new(&name)
-                    .points(document_filter(document_id))
-                    .wait(true),
-            )
-            .await
-            .map_err(server_err(format!("delete the points of {document_id}")))?;
+        self.delete_points_of(&name, document_id).await?;
         if points.is_empty() {
             return Ok(());
         }
@@ -145,14 +157,7 @@ impl VectorStore for QdrantVectorStore {
     async fn delete_document(&self, document_id: &str) -> Result<(), VectorStoreError> {
         for kind in KINDS {
             let name = collection(&self.prefix, kind);
-            self.client
-                .delete_points(
-                    DeletePointsBuilder::new(&name)
-                        .points(document_filter(document_id))
-                        .wait(true),
-                )
-                .await
-                .map_err(server_err(format!("delete the points of {document_id}")))?;
+            self.delete_points_of(&name, document_id).await?;
         }
         Ok(())
     }
