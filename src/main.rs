@@ -55,11 +55,23 @@ enum Command {
         #[arg(long)]
         once: bool,
     },
-    /// Clean, chunk and embed raw documents into the warehouse and vector store (not built yet).
+    /// Clean, chunk and embed raw documents into the warehouse and the vector store, in near
+    /// real time, until stopped (Ctrl-C or SIGTERM).
     Stream {
         /// Drop the projections and rebuild them from offset zero.
         #[arg(long)]
         rebuild: bool,
+        /// Stop once every event already on the topic is handled.
+        #[arg(long)]
+        once: bool,
+        /// Consumer group (workers of one group share the partitions).
+        #[arg(long, default_value = twin_stream::worker::DEFAULT_GROUP)]
+        group: String,
+    },
+    /// Look at and retry the events the pipeline could not handle.
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCommand,
     },
     /// Fine-tune a model on a dataset snapshot (not built yet).
     Train,
@@ -99,6 +111,14 @@ enum ModelsCommand {
         #[arg(required = true)]
         texts: Vec<String>,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum DlqCommand {
+    /// Print every dead letter as a JSON line: source topic, partition, offset, reason.
+    List,
+    /// Append every dead letter's original event to its source topic again.
+    Retry,
 }
 
 #[derive(Debug, Subcommand)]
@@ -190,11 +210,33 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Run => {
             let log = twin_eventlog::open(&config)?;
             print_topics(&config, log.as_ref()).await?;
-            println!(
-                "\nThe event log is ready ({} backend). Ingest and stream are not built yet \
-                 (issues #3 and #4): nothing more to run.",
-                log.backend()
-            );
+            println!("\nIngest is not built yet (issue #3); streaming what the log holds...");
+            stream(&config, false, true, twin_stream::worker::DEFAULT_GROUP).await
+        }
+        Command::Stream {
+            rebuild,
+            once,
+            group,
+        } => stream(&config, rebuild, once, &group).await,
+        Command::Dlq { command } => {
+            let log = twin_eventlog::open(&config)?;
+            let topic = &config.topics.dead_letters;
+            match command {
+                DlqCommand::List => {
+                    let stdout = std::io::stdout();
+                    for (_, letter) in twin_stream::dlq::list(log.as_ref(), topic).await? {
+                        let mut line = serde_json::to_value(&letter)?;
+                        if let serde_json::Value::Object(map) = &mut line {
+                            map.remove("payload_base64");
+                        }
+                        writeln!(stdout.lock(), "{line}")?;
+                    }
+                }
+                DlqCommand::Retry => {
+                    let n = twin_stream::dlq::retry(log.as_ref(), topic).await?;
+                    println!("{n} event(s) appended to their source topics again");
+                }
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Log {
@@ -218,7 +260,6 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Models { command } => models(&config, command).await,
         Command::Ingest { .. } => not_built("ingest", "the ingest issue (#3)"),
-        Command::Stream { .. } => not_built("stream", "the feature-pipeline issue (#4)"),
         Command::Train => not_built("train", "a training issue"),
         Command::Serve => not_built("serve", "a serving issue"),
     }
@@ -268,6 +309,54 @@ async fn models(config: &TwinConfig, command: ModelsCommand) -> Result<ExitCode>
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+async fn stream(config: &TwinConfig, rebuild: bool, once: bool, group: &str) -> Result<ExitCode> {
+    let pipeline = twin_stream::Pipeline::open(config).await?;
+    let options = twin_stream::RunOptions {
+        group: group.to_string(),
+        rebuild,
+        until_caught_up: once,
+        ..Default::default()
+    };
+    let stats = pipeline.run(&options, shutdown_signal()).await?;
+    println!(
+        "documents: {}, chunks: {}, deleted: {}, dead letters: {}",
+        stats.documents, stats.chunks, stats.deleted, stats.dead_letters
+    );
+    let counts = pipeline.warehouse.counts().await?;
+    println!(
+        "warehouse ({}): {} raw, {} cleaned, {} chunks",
+        pipeline.warehouse.backend(),
+        counts.raw,
+        counts.cleaned,
+        counts.chunks
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Resolves on Ctrl-C or SIGTERM: the worker finishes its batch, commits and stops.
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(_) => {
+                    let _ = interrupt.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = interrupt => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = interrupt.await;
+    }
 }
 
 fn not_built(role: &str, issue: &str) -> Result<ExitCode> {

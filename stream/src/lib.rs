@@ -6,13 +6,17 @@
 //!   document).
 //! - [`warehouse`]: raw, cleaned and chunked documents with their log positions, in SQLite
 //!   (embedded) or ClickHouse.
-//!
-//! Still to come (the feature-pipeline issue, #4): the embed stage on `twin-embedding`, the
-//! vector-store sink, and the `twin stream` worker.
+//! - [`worker`]: the `twin stream` worker: consume, clean, chunk, embed (`twin-embedding`),
+//!   publish, write the warehouse and the vector store (`twin-vectorstore`), then commit.
+//! - [`dlq`]: the dead-letter topic, and listing and retrying its events.
 
 pub mod chunk;
 pub mod clean;
+pub mod dlq;
 pub mod warehouse;
+pub mod worker;
+
+pub use worker::{Pipeline, RunOptions, RunStats};
 
 pub use chunk::{chunk_id, Chunker};
 pub use clean::clean;
@@ -26,4 +30,16 @@ pub enum StreamError {
     /// The warehouse refused or failed a read or write.
     #[error("warehouse: {0}")]
     Warehouse(String),
+    /// The event log failed.
+    #[error("event log: {0}")]
+    Log(String),
+    /// The vector store failed.
+    #[error("{0}")]
+    Vectors(String),
+    /// The embedding model failed.
+    #[error("embedding: {0}")]
+    Embedding(String),
+    /// A dead letter could not be written or read.
+    #[error("dead letter: {0}")]
+    DeadLetter(String),
 }
