@@ -157,8 +157,7 @@ async fn a_worker_killed_mid_replay_resumes_to_the_same_result() {
         .expect("spawn");
     let warehouse_file = crashed.path().join("warehouse.sqlite");
     let deadline = Instant::now() + Duration::from_secs(300);
-    let mut projected_before_kill = 0;
-    loop {
+    let projected_before_kill = loop {
         assert!(Instant::now() < deadline, "the worker made no progress");
         if let Ok(Some(status)) = child.try_wait() {
             panic!(
@@ -169,14 +168,13 @@ async fn a_worker_killed_mid_replay_resumes_to_the_same_result() {
             if let Ok(w) = SqliteWarehouse::open(&warehouse_file) {
                 if let Ok(counts) = w.counts().await {
                     if counts.raw >= 10 {
-                        projected_before_kill = counts.raw;
-                        break;
+                        break counts.raw;
                     }
                 }
             }
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    };
     child.kill().expect("SIGKILL");
     child.wait().expect("reaped");
     assert!(projected_before_kill < 76, "killed mid-replay");
