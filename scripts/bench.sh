@@ -2,6 +2,7 @@
 # Benchmarks (not tests): prints figures beside their baselines.
 #   scripts/bench.sh log      the event log, embedded and Kafka (Tansu), 100,000 events of 1 KB
 #   scripts/bench.sh embed    embedding throughput against the Python baseline [-- --corpus FILE]
+#   scripts/bench.sh latency  end-to-end latency, append to searchable, at 5 documents/s [RATE SECONDS]
 # Extra arguments after the name go to the benchmark.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,4 +23,7 @@ if [ "$which" = embed ] || [ "$which" = all ]; then
     touch "$CACHE/bench-python/.ok"
   fi
   PYTHONPATH="$CACHE/bench-python" cargo bench --locked -p twin-embedding --bench embed_throughput -- "$@"
+fi
+if [ "$which" = latency ] || [ "$which" = all ]; then
+  cargo bench --locked -p twin-stream --bench end_to_end_latency -- "$@"
 fi

@@ -93,6 +93,8 @@ enum Action {
 struct Projected {
     raw: RawDocument,
     position: Position,
+    /// When the raw event was appended (ms since the epoch), for the end-to-end lag.
+    appended_at: i64,
     cleaned: twin_schemas::CleanedDocument,
     chunks: Vec<Chunk>,
 }
@@ -248,6 +250,7 @@ impl Pipeline {
                         Ok(chunks) => actions.push(Action::Project(Box::new(Projected {
                             raw,
                             position: delivery.position,
+                            appended_at: delivery.timestamp_ms,
                             cleaned,
                             chunks,
                         }))),
@@ -366,6 +369,14 @@ impl Pipeline {
         }
         stats.dead_letters += dead.len() as u64;
 
+        // Searchable now: the lag from each event's append.
+        let searchable_at = twin_eventlog::now_ms();
+        for action in &actions {
+            if let Action::Project(p) = action {
+                let lag = (searchable_at - p.appended_at).max(0) as f64 / 1000.0;
+                metrics::histogram!("twin_stream_end_to_end_seconds").record(lag);
+            }
+        }
         // Both sinks acknowledged: now the offsets may move.
         for position in last.values() {
             consumer.commit(*position).await.map_err(log_err)?;
