@@ -313,6 +313,7 @@ async fn models(config: &TwinConfig, command: ModelsCommand) -> Result<ExitCode>
 }
 
 async fn stream(config: &TwinConfig, rebuild: bool, once: bool, group: &str) -> Result<ExitCode> {
+    serve_metrics(&config.metrics.listen);
     let pipeline = twin_stream::Pipeline::open(config).await?;
     let options = twin_stream::RunOptions {
         group: group.to_string(),
@@ -334,6 +335,28 @@ async fn stream(config: &TwinConfig, rebuild: bool, once: bool, group: &str) -> 
         counts.chunks
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// Serve `/metrics` for Prometheus on `listen` (empty: off). A port already taken (another
+/// worker on this machine) is reported and the work goes on without metrics.
+fn serve_metrics(listen: &str) {
+    if listen.is_empty() {
+        return;
+    }
+    let address: std::net::SocketAddr = match listen.parse() {
+        Ok(address) => address,
+        Err(e) => {
+            tracing::warn!(listen, error = %e, "metrics.listen is not an address; metrics are off");
+            return;
+        }
+    };
+    match metrics_exporter_prometheus::PrometheusBuilder::new()
+        .with_http_listener(address)
+        .install()
+    {
+        Ok(()) => tracing::info!(%address, "serving Prometheus metrics on /metrics"),
+        Err(e) => tracing::warn!(%address, error = %e, "cannot serve metrics; going on without"),
+    }
 }
 
 /// Resolves on Ctrl-C or SIGTERM: the worker finishes its batch, commits and stops.

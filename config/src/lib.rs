@@ -18,7 +18,7 @@ use figment::Figment;
 
 pub use model::{
     ChunkRule, ChunkingConfig, ClickHouseConfig, EmbeddedLogConfig, EmbeddingConfig, KafkaConfig,
-    LogBackend, LogConfig, QdrantConfig, TopicNames, TwinConfig, VectorStoreBackend,
+    LogBackend, LogConfig, MetricsConfig, QdrantConfig, TopicNames, TwinConfig, VectorStoreBackend,
     VectorStoreConfig, WarehouseBackend, WarehouseConfig,
 };
 

@@ -26,6 +26,8 @@ pub struct TwinConfig {
     pub warehouse: WarehouseConfig,
     /// The vector store: embedded chunks for retrieval.
     pub vectors: VectorStoreConfig,
+    /// Prometheus metrics of long-running roles.
+    pub metrics: MetricsConfig,
 }
 
 impl Default for TwinConfig {
@@ -38,6 +40,7 @@ impl Default for TwinConfig {
             chunking: ChunkingConfig::default(),
             warehouse: WarehouseConfig::default(),
             vectors: VectorStoreConfig::default(),
+            metrics: MetricsConfig::default(),
         }
     }
 }
@@ -409,5 +412,21 @@ impl fmt::Debug for QdrantConfig {
             .field("url", &self.url)
             .field("api_key", &secrets::masked("api_key", &self.api_key))
             .finish()
+    }
+}
+
+/// Prometheus metrics.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Address `twin stream` serves `/metrics` on for Prometheus; empty turns it off.
+    pub listen: String,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:9464".into(),
+        }
     }
 }

@@ -238,6 +238,9 @@ impl Pipeline {
     ) -> Result<(), StreamError> {
         let started = Instant::now();
         let now = twin_eventlog::now_ms();
+        metrics::histogram!("twin_stream_batch_size").record(batch.len() as f64);
+        metrics::counter!("twin_stream_events_total", "stage" => "consumed")
+            .increment(batch.len() as u64);
         let mut actions = Vec::new();
         let mut dead = Vec::new();
         let mut last: BTreeMap<u32, Position> = BTreeMap::new();
@@ -254,31 +257,40 @@ impl Pipeline {
                             cleaned,
                             chunks,
                         }))),
-                        Err(e) => dead.push(DeadLetter::new(
-                            &self.topics.raw_documents,
-                            delivery.position,
-                            &delivery.key,
-                            format!("chunk stage: {e}"),
-                            twin_schemas::encode(&Event::Raw(raw)).unwrap_or_default(),
+                        Err(e) => dead.push((
+                            "chunk_stage",
+                            DeadLetter::new(
+                                &self.topics.raw_documents,
+                                delivery.position,
+                                &delivery.key,
+                                format!("chunk stage: {e}"),
+                                twin_schemas::encode(&Event::Raw(raw)).unwrap_or_default(),
+                            ),
                         )),
                     }
                 }
                 Ok(Event::Deleted(tombstone)) => {
                     actions.push(Action::Delete(tombstone.document_id, delivery.position))
                 }
-                Ok(other) => dead.push(DeadLetter::new(
-                    &self.topics.raw_documents,
-                    delivery.position,
-                    &delivery.key,
-                    format!("{} events do not belong on this topic", other.event_type()),
-                    twin_schemas::encode(&other).unwrap_or_default(),
+                Ok(other) => dead.push((
+                    "unexpected_type",
+                    DeadLetter::new(
+                        &self.topics.raw_documents,
+                        delivery.position,
+                        &delivery.key,
+                        format!("{} events do not belong on this topic", other.event_type()),
+                        twin_schemas::encode(&other).unwrap_or_default(),
+                    ),
                 )),
-                Err(bad) => dead.push(DeadLetter::new(
-                    &bad.topic,
-                    bad.position,
-                    &delivery.key,
-                    bad.reason.clone(),
-                    bad.bytes.clone(),
+                Err(bad) => dead.push((
+                    "undecodable",
+                    DeadLetter::new(
+                        &bad.topic,
+                        bad.position,
+                        &delivery.key,
+                        bad.reason.clone(),
+                        bad.bytes.clone(),
+                    ),
                 )),
             }
         }
@@ -303,6 +315,7 @@ impl Pipeline {
         let mut chunk_events = Vec::new();
         let mut embedded_events = Vec::new();
         let mut documents = 0u64;
+        let mut deleted = 0u64;
         for action in &actions {
             let p = match action {
                 Action::Delete(document_id, position) => {
@@ -313,7 +326,7 @@ impl Pipeline {
                         .delete_document(document_id)
                         .await
                         .map_err(vec_err)?;
-                    stats.deleted += 1;
+                    deleted += 1;
                     continue;
                 }
                 Action::Project(p) => p,
@@ -349,6 +362,7 @@ impl Pipeline {
             documents += 1;
         }
         stats.documents += documents;
+        stats.deleted += deleted;
         for (topic, events) in [
             (&self.topics.cleaned_documents, &cleaned_events),
             (&self.topics.chunks, &chunk_events),
@@ -360,7 +374,8 @@ impl Pipeline {
                     .map_err(log_err)?;
             }
         }
-        for letter in &dead {
+        for (cause, letter) in &dead {
+            metrics::counter!("twin_stream_dead_letters_total", "cause" => *cause).increment(1);
             warn!(topic = %letter.source_topic, partition = letter.partition, offset = letter.offset,
                   reason = %letter.reason, "event sent to the dead-letter topic");
             letter
@@ -384,8 +399,14 @@ impl Pipeline {
                 *slot = Some(slot.map_or(position.offset, |s| s.max(position.offset)));
             }
         }
-        metrics::counter!("twin_stream_documents_total").increment(documents);
-        metrics::counter!("twin_stream_dead_letters_total").increment(dead.len() as u64);
+        for (stage, n) in [
+            ("cleaned", cleaned_events.len() as u64),
+            ("chunked", chunk_events.len() as u64),
+            ("embedded", embedded_events.len() as u64),
+            ("deleted", deleted),
+        ] {
+            metrics::counter!("twin_stream_events_total", "stage" => stage).increment(n);
+        }
         metrics::histogram!("twin_stream_batch_seconds").record(started.elapsed().as_secs_f64());
         Ok(())
     }

@@ -54,6 +54,9 @@ fn once() -> RunOptions {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn documents_become_searchable_chunks_and_a_rebuild_gives_the_same() {
+    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .expect("recorder");
     let dir = tempfile::tempdir().expect("tempdir");
     let config = config(dir.path());
     let pipeline = Pipeline::open(&config).await.expect("pipeline");
@@ -197,6 +200,22 @@ async fn documents_become_searchable_chunks_and_a_rebuild_gives_the_same() {
         letters[0].1.reason.contains("single-object"),
         "{}",
         letters[0].1.reason
+    );
+
+    // The metrics a Prometheus scrape would see.
+    let scrape = metrics.render();
+    for line in [
+        "twin_stream_events_total{stage=\"consumed\"} 6",
+        "twin_stream_events_total{stage=\"cleaned\"} 4",
+        "twin_stream_events_total{stage=\"deleted\"} 1",
+        "twin_stream_dead_letters_total{cause=\"undecodable\"} 1",
+        "twin_stream_end_to_end_seconds_count 4",
+    ] {
+        assert!(scrape.contains(line), "{line} not in:\n{scrape}");
+    }
+    assert!(
+        scrape.contains("twin_stream_batch_size")
+            && scrape.contains("twin_stream_events_total{stage=\"embedded\"}")
     );
 
     // Offsets were committed: a second run has nothing to do.

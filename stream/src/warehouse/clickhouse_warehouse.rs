@@ -43,6 +43,23 @@ struct ChunkKey {
     body: String,
 }
 
+impl ChunkKey {
+    /// The row that retires this chunk: a newer version marked deleted.
+    fn retired(self, document_id: &str, at: LogPosition) -> ChunkRow {
+        ChunkRow {
+            id: self.id,
+            document_id: document_id.to_string(),
+            position: self.position,
+            text: self.text,
+            token_count: self.token_count,
+            body: self.body,
+            log_partition: at.partition,
+            log_offset: at.offset,
+            deleted: 1,
+        }
+    }
+}
+
 fn ch_err(context: &str) -> impl Fn(clickhouse::error::Error) -> StreamError + '_ {
     move |e| StreamError::Warehouse(format!("clickhouse: {context}: {e}"))
 }
@@ -223,17 +240,7 @@ impl Warehouse for ClickHouseWarehouse {
         let mut rows = Vec::new();
         for old in self.live_chunks(document_id).await? {
             if !keep.contains(old.id.as_str()) {
-                rows.push(ChunkRow {
-                    id: old.id,
-                    document_id: document_id.to_string(),
-                    position: old.position,
-                    text: old.text,
-                    token_count: old.token_count,
-                    body: old.body,
-                    log_partition: at.partition,
-                    log_offset: at.offset,
-                    deleted: 1,
-                });
+                rows.push(old.retired(document_id, at));
             }
         }
         for chunk in chunks {
@@ -279,17 +286,7 @@ impl Warehouse for ClickHouseWarehouse {
             .live_chunks(document_id)
             .await?
             .into_iter()
-            .map(|old| ChunkRow {
-                id: old.id,
-                document_id: document_id.to_string(),
-                position: old.position,
-                text: old.text,
-                token_count: old.token_count,
-                body: old.body,
-                log_partition: at.partition,
-                log_offset: at.offset,
-                deleted: 1,
-            })
+            .map(|old| old.retired(document_id, at))
             .collect();
         self.write_chunks(&retired).await
     }
