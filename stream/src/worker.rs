@@ -28,6 +28,10 @@ use crate::{clean, Chunker, StreamError};
 /// The consumer group of stream workers on the raw-documents topic.
 pub const DEFAULT_GROUP: &str = "twin-stream";
 
+/// Empty polls (of about half a second each) after which a `--once` run that received nothing
+/// concludes there is nothing to do.
+const IDLE_POLLS_WHEN_NOTHING_CAME: u32 = 4;
+
 /// How a run behaves.
 #[derive(Debug, Clone)]
 pub struct RunOptions {
@@ -161,6 +165,7 @@ impl Pipeline {
         // Where the group stands per partition; caught up when every partition reached its target.
         let mut reached: Vec<Option<u64>> = vec![None; targets.len()];
         let mut stats = RunStats::default();
+        let mut idle_polls = 0;
         tokio::pin!(shutdown);
         loop {
             let caught_up = targets
@@ -175,26 +180,28 @@ impl Pipeline {
                 batch = self.next_batch(&mut consumer, options.batch_size) => batch?,
             };
             if batch.is_empty() {
-                if options.until_caught_up
-                    && start == StartFrom::Committed
-                    && reached.iter().all(Option::is_none)
-                {
-                    // Nothing new since the last commit: already caught up.
-                    let idle = consumer
-                        .next(Duration::from_millis(200))
-                        .await
-                        .map_err(log_err)?;
-                    match idle {
-                        None => break,
-                        Some(d) => {
-                            self.handle(vec![d], &mut consumer, &mut reached, &mut stats)
-                                .await?;
-                            continue;
-                        }
+                if options.until_caught_up {
+                    // Nothing available on any partition. Partitions that delivered reached their
+                    // targets; the others had nothing past their committed offsets. When no
+                    // partition delivered at all, give a slow group join a few idle polls first.
+                    idle_polls += 1;
+                    let delivered_done = targets
+                        .iter()
+                        .zip(&reached)
+                        .all(|(target, done)| done.is_none_or(|d| d + 1 >= *target));
+                    let any_delivered = reached.iter().any(Option::is_some);
+                    let empty_topic = targets.iter().all(|t| *t == 0);
+                    if delivered_done
+                        && (any_delivered
+                            || empty_topic
+                            || idle_polls >= IDLE_POLLS_WHEN_NOTHING_CAME)
+                    {
+                        break;
                     }
                 }
                 continue;
             }
+            idle_polls = 0;
             self.handle(batch, &mut consumer, &mut reached, &mut stats)
                 .await?;
         }

@@ -218,6 +218,37 @@ async fn documents_become_searchable_chunks_and_a_rebuild_gives_the_same() {
             && scrape.contains("twin_stream_events_total{stage=\"embedded\"}")
     );
 
+    // Retrying puts the original bytes back on their source topic.
+    let before: u64 = pipeline
+        .log
+        .end_offsets(&topic)
+        .await
+        .expect("ends")
+        .iter()
+        .sum();
+    assert_eq!(
+        dlq::retry(pipeline.log.as_ref(), &config.topics.dead_letters)
+            .await
+            .expect("retry"),
+        1
+    );
+    let after: u64 = pipeline
+        .log
+        .end_offsets(&topic)
+        .await
+        .expect("ends")
+        .iter()
+        .sum();
+    assert_eq!(after, before + 1);
+    let retried = pipeline
+        .run(&once(), std::future::pending())
+        .await
+        .expect("retried");
+    assert_eq!(
+        retried.dead_letters, 1,
+        "still undecodable: dead-lettered again, nothing lost"
+    );
+
     // Offsets were committed: a second run has nothing to do.
     let again = pipeline
         .run(&once(), std::future::pending())
