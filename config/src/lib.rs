@@ -17,7 +17,7 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 
 pub use model::{
-    ChunkRule, ChunkingConfig, ClickHouseConfig, EmbeddedLogConfig, EmbeddingConfig, KafkaConfig,
+    AuthorConfig, GithubConfig, HttpConfig, IngestConfig, SourceConfig, ChunkRule, ChunkingConfig, ClickHouseConfig, EmbeddedLogConfig, EmbeddingConfig, KafkaConfig,
     LogBackend, LogConfig, MetricsConfig, QdrantConfig, TopicNames, TwinConfig, VectorStoreBackend,
     VectorStoreConfig, WarehouseBackend, WarehouseConfig,
 };

@@ -28,6 +28,10 @@ pub struct TwinConfig {
     pub vectors: VectorStoreConfig,
     /// Prometheus metrics of long-running roles.
     pub metrics: MetricsConfig,
+    /// Whose twin this is: the author every crawled document is attributed to.
+    pub author: AuthorConfig,
+    /// Where the author writes, and how the crawlers behave.
+    pub ingest: IngestConfig,
 }
 
 impl Default for TwinConfig {
@@ -41,6 +45,8 @@ impl Default for TwinConfig {
             warehouse: WarehouseConfig::default(),
             vectors: VectorStoreConfig::default(),
             metrics: MetricsConfig::default(),
+            author: AuthorConfig::default(),
+            ingest: IngestConfig::default(),
         }
     }
 }
@@ -428,5 +434,174 @@ impl Default for MetricsConfig {
         Self {
             listen: "127.0.0.1:9464".into(),
         }
+    }
+}
+
+/// The person whose writing the twin learns.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthorConfig {
+    /// Stable id, carried by every document (not any platform's id).
+    pub id: String,
+    /// Full name.
+    pub full_name: String,
+}
+
+impl Default for AuthorConfig {
+    fn default() -> Self {
+        Self {
+            id: "me".into(),
+            full_name: String::new(),
+        }
+    }
+}
+
+/// The crawlers: what they crawl, when, and how politely.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IngestConfig {
+    /// When sources without a schedule of their own are crawled again by `twin ingest`: an
+    /// interval (`30m`, `6h`, `1d`) or a cron expression (`0 */6 * * *`, UTC).
+    pub schedule: String,
+    /// Where the author writes, one entry per source (`[[ingest.sources]]`).
+    pub sources: Vec<SourceConfig>,
+    /// How the crawlers talk HTTP.
+    pub http: HttpConfig,
+    /// GitHub: API endpoint, token and which files of a repository count.
+    pub github: GithubConfig,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        Self {
+            schedule: "6h".into(),
+            sources: Vec::new(),
+            http: HttpConfig::default(),
+            github: GithubConfig::default(),
+        }
+    }
+}
+
+/// One place the author writes. The crawler is picked from `url` (medium.com, substack.com,
+/// github.com, linkedin.com, anything else: a web article) unless `platform` names it, which
+/// custom domains and local mirrors need.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SourceConfig {
+    /// The profile, publication, user or organisation, or article url.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// `medium`, `substack`, `linkedin`, `github` or `web`; unset, picked from `url`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub platform: Option<String>,
+    /// LinkedIn only: the data export ZIP a member downloads from LinkedIn.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub export: Option<PathBuf>,
+    /// More article urls of this source: older Medium articles the feed no longer lists, public
+    /// LinkedIn post urls, further web articles.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub articles: Vec<String>,
+    /// This source's own schedule (interval or cron expression); unset, `ingest.schedule`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<String>,
+}
+
+/// How the crawlers talk HTTP.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// User agent sent with every request, and matched against robots.txt.
+    pub user_agent: String,
+    /// Seconds one request may take, body included.
+    pub timeout_secs: f64,
+    /// Retries of a request that failed with 429, 5xx, a timeout or a broken connection.
+    pub retries: u32,
+    /// First retry delay in milliseconds when the server gives no Retry-After; doubled per retry.
+    pub backoff_ms: u64,
+    /// Longest Retry-After honoured, in seconds; a server asking for more fails the request.
+    pub max_retry_after_secs: u64,
+    /// Largest response body accepted, in bytes.
+    pub max_response_bytes: u64,
+    /// Requests per second to one host (robots.txt's Crawl-delay can only slow it down); 0 means
+    /// no limit.
+    pub requests_per_second: f64,
+    /// Pages of one source fetched at the same time.
+    pub concurrency: usize,
+    /// Obey robots.txt for pages and feeds (APIs are not crawled pages and are exempt).
+    pub respect_robots_txt: bool,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            user_agent: concat!(
+                "twin-crawler/",
+                env!("CARGO_PKG_VERSION"),
+                " (+https://github.com/llm-twin/twin)"
+            )
+            .into(),
+            timeout_secs: 30.0,
+            retries: 4,
+            backoff_ms: 500,
+            max_retry_after_secs: 120,
+            max_response_bytes: 20 * 1024 * 1024,
+            requests_per_second: 1.0,
+            concurrency: 4,
+            respect_robots_txt: true,
+        }
+    }
+}
+
+/// GitHub: where its API is and which files of a repository make the document.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GithubConfig {
+    /// REST API endpoint.
+    pub api_url: String,
+    /// Token for the API (raises the rate limit); `GITHUB_TOKEN` in the environment is used when
+    /// this is empty. Never logged.
+    pub token: String,
+    /// Crawl forks too.
+    pub include_forks: bool,
+    /// Crawl archived repositories too.
+    pub include_archived: bool,
+    /// Files larger than this many bytes are skipped.
+    pub max_file_bytes: u64,
+    /// A repository's document stops growing at this many bytes of files.
+    pub max_repository_bytes: u64,
+    /// Glob patterns of paths skipped, on top of the built-in vendored/generated/binary rules.
+    pub skip: Vec<String>,
+    /// Glob patterns of paths kept even when a built-in rule would skip them.
+    pub keep: Vec<String>,
+}
+
+impl Default for GithubConfig {
+    fn default() -> Self {
+        Self {
+            api_url: "https://api.github.com".into(),
+            token: String::new(),
+            include_forks: false,
+            include_archived: true,
+            max_file_bytes: 256 * 1024,
+            max_repository_bytes: 8 * 1024 * 1024,
+            skip: Vec::new(),
+            keep: Vec::new(),
+        }
+    }
+}
+
+// Hand-written so that a `{:?}` never prints the token.
+impl fmt::Debug for GithubConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GithubConfig")
+            .field("api_url", &self.api_url)
+            .field("token", &secrets::masked("token", &self.token))
+            .field("include_forks", &self.include_forks)
+            .field("include_archived", &self.include_archived)
+            .field("max_file_bytes", &self.max_file_bytes)
+            .field("max_repository_bytes", &self.max_repository_bytes)
+            .field("skip", &self.skip)
+            .field("keep", &self.keep)
+            .finish()
     }
 }
