@@ -46,14 +46,18 @@ enum LogFormat {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the main job on the configured backends: prepare the event log, then ingest and
-    /// stream (those two land with their issues).
+    /// Run the main job on the configured backends: prepare the event log, crawl every
+    /// configured source once, then stream what the log holds into the warehouse and vector store.
     Run,
-    /// Crawl Medium, Substack, LinkedIn and GitHub into raw-document events (not built yet).
+    /// Crawl the configured sources (Medium, Substack, LinkedIn export and posts, GitHub, web
+    /// articles) into raw-document events: on their schedules until stopped, or once.
     Ingest {
-        /// One pass, then exit.
+        /// One pass over every source, a summary, then exit (non-zero if any source failed).
         #[arg(long)]
         once: bool,
+        /// Only the sources whose label contains this text (e.g. `github`, `substack`).
+        #[arg(long, value_name = "TEXT")]
+        source: Option<String>,
     },
     /// Clean, chunk and embed raw documents into the warehouse and the vector store, in near
     /// real time, until stopped (Ctrl-C or SIGTERM).
@@ -211,8 +215,16 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Run => {
             let log = twin_eventlog::open(&config)?;
             print_topics(&config, log.as_ref()).await?;
-            println!("\nIngest is not built yet (issue #3); streaming what the log holds...");
-            stream(&config, false, true, twin_stream::worker::DEFAULT_GROUP).await
+            println!();
+            let crawled = ingest(&config, log, true, None).await?;
+            println!("\nstreaming what the log holds...");
+            let streamed = stream(&config, false, true, twin_stream::worker::DEFAULT_GROUP).await?;
+            // A failed source is reported above; the stream still ran over everything else.
+            Ok(if crawled == ExitCode::SUCCESS {
+                streamed
+            } else {
+                crawled
+            })
         }
         Command::Stream {
             rebuild,
@@ -260,7 +272,10 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             tail(log.as_ref(), &topic, group.as_deref(), max, follow).await
         }
         Command::Models { command } => models(&config, command).await,
-        Command::Ingest { .. } => not_built("ingest", "the ingest issue (#3)"),
+        Command::Ingest { once, source } => {
+            let log = twin_eventlog::open(&config)?;
+            ingest(&config, log, once, source.as_deref()).await
+        }
         Command::Train => not_built("train", "a training issue"),
         Command::Serve => not_built("serve", "a serving issue"),
     }
@@ -310,6 +325,66 @@ async fn models(config: &TwinConfig, command: ModelsCommand) -> Result<ExitCode>
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Crawl the configured sources: once (a summary, then a failure exit if any source failed), or
+/// on their schedules until Ctrl-C/SIGTERM. A stop lets every source publish what it fetched.
+async fn ingest(
+    config: &TwinConfig,
+    log: std::sync::Arc<dyn EventLog>,
+    once: bool,
+    filter: Option<&str>,
+) -> Result<ExitCode> {
+    let topic = &config.topics.raw_documents;
+    log.ensure_topic(topic)
+        .await
+        .with_context(|| format!("topic {topic}"))?;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let on_signal = stop.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("stopping: finishing what was fetched");
+        on_signal.cancel();
+    });
+    let mut crawlers =
+        twin_ingest::Ingest::new(config, log, twin_ingest::Progress::auto(), stop.clone())?;
+    if let Some(filter) = filter {
+        crawlers.retain(filter)?;
+    }
+    if crawlers.sources().is_empty() {
+        println!(
+            "ingest: no sources configured; list them as [[ingest.sources]] in twin.toml (see README)"
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    if !once {
+        serve_metrics(&config.metrics.listen);
+        crawlers
+            .run_scheduled(|report| {
+                println!("{report}");
+                for error in &report.errors {
+                    eprintln!("  failed: {error}");
+                }
+            })
+            .await;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let reports = crawlers.run_once().await;
+    print!("{}", twin_ingest::summary(&reports));
+    let failed: Vec<_> = reports.iter().filter(|r| r.failed()).collect();
+    for report in &failed {
+        for error in &report.errors {
+            eprintln!("failed: {}: {error}", report.source);
+        }
+    }
+    if stop.is_cancelled() {
+        eprintln!("ingest: stopped before the end; the next run picks up the rest");
+    }
+    Ok(if failed.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 async fn stream(config: &TwinConfig, rebuild: bool, once: bool, group: &str) -> Result<ExitCode> {

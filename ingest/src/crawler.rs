@@ -172,8 +172,24 @@ impl<'a> SourceRun<'a> {
         self.bar.inc_length(documents);
     }
 
+    /// A known document, deleted or not, by id.
+    pub fn known_by_id(&self, id: &str) -> Result<Option<KnownDocument>> {
+        self.context.state.get(id)
+    }
+
     /// A document found: emitted if it is new or changed, and remembered either way.
     pub async fn emit(&self, draft: Draft, fetch: FetchInfo) -> Result<()> {
+        self.emit_or_adopt(draft, fetch, false).await
+    }
+
+    /// A document read from another rendering of the same content (the article page of what the
+    /// feed carried): remembered as it now reads, without an event, so that the next real
+    /// change is compared with this rendering.
+    pub async fn adopt(&self, draft: Draft, fetch: FetchInfo) -> Result<()> {
+        self.emit_or_adopt(draft, fetch, true).await
+    }
+
+    async fn emit_or_adopt(&self, draft: Draft, fetch: FetchInfo, adopt: bool) -> Result<()> {
         let event = draft.into_event(&self.context.author, now_ms());
         if event.content.is_empty() {
             return Err(IngestError::malformed(
@@ -203,7 +219,7 @@ impl<'a> SourceRun<'a> {
             deleted: false,
         };
         let outcome = match &prior {
-            Some(p) if !p.deleted && p.fingerprint == fingerprint => Outcome::Unchanged,
+            Some(p) if !p.deleted && (adopt || p.fingerprint == fingerprint) => Outcome::Unchanged,
             Some(p) if !p.deleted => Outcome::Changed,
             _ => Outcome::New,
         };

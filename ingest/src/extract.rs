@@ -26,12 +26,14 @@ const MAIN_SELECTORS: &[&str] = &[
     "div.available-content div.body.markup", // Substack post page
     "div.body.markup",                       // Substack
     "[data-test-id=\"main-feed-activity-card__commentary\"]", // LinkedIn public post
-    "article",
     "[itemprop=\"articleBody\"]",
+    ".entry-content",
+    ".post-content",
+    ".article-body",
+    ".post-body",
+    "article",
     "main",
     "[role=\"main\"]",
-    ".post-content",
-    ".entry-content",
     "#content",
 ];
 

@@ -11,7 +11,8 @@
 //! - [`document`]: canonical urls, ids, fingerprints;
 //! - [`state`]: what was emitted, under the data folder;
 //! - [`schedule`]: intervals and cron expressions;
-//! - [`progress`]: a bar per source on a terminal.
+//! - [`progress`]: a bar per source on a terminal;
+//! - [`testkit`]: a local HTTP server that plays the platforms, for tests and benchmarks.
 //!
 //! [`Ingest::run_once`] crawls every source once; [`Ingest::run_scheduled`] crawls each on its
 //! schedule until stopped.
@@ -26,6 +27,7 @@ pub mod repository;
 pub mod schedule;
 pub mod sources;
 pub mod state;
+pub mod testkit;
 
 use std::path::Path;
 use std::sync::Arc;

@@ -231,11 +231,11 @@ fn read_shares(bytes: &[u8], location: &str, export: &mut Export) {
     }
 }
 
-/// A post's text: paragraphs between blank lines; the export doubles quotes inside the text.
+/// A post's text: paragraphs between blank lines (the CSV reader already undid the quoting).
 fn post_blocks(text: &str) -> Vec<ContentBlock> {
     text.replace("\r\n", "\n")
         .split("\n\n")
-        .map(|p| p.replace("\"\"", "\"").trim().to_string())
+        .map(|p| p.trim().to_string())
         .filter(|p| !p.is_empty())
         .map(ContentBlock::paragraph)
         .collect()

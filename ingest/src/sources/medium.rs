@@ -69,7 +69,11 @@ impl Crawler for Medium {
                     }
                     match draft_from_entry(&entry, &link) {
                         Some(draft) => {
-                            if let Err(e) = run.emit(draft, FetchInfo::default()).await {
+                            let fetch = FetchInfo {
+                                version: Some(pages::FROM_FEED.into()),
+                                ..FetchInfo::default()
+                            };
+                            if let Err(e) = run.emit(draft, fetch).await {
                                 run.failed(&link, &e);
                             }
                         }

@@ -39,10 +39,16 @@ pub async fn crawl(run: &SourceRun<'_>, pages: Vec<Page>) {
 }
 
 async fn crawl_one(run: &SourceRun<'_>, page: &Page) -> Result<()> {
-    let known = run.known_at(&page.url)?;
-    let request = Request::page(&page.url).if_changed(known.as_ref().map(|k| &k.validators));
+    let id = twin_schemas::document_id(page.platform, &page.url);
+    // Deleted ones too: a page that is gone stays gone without failing every run.
+    let known = match run.known_at(&page.url)? {
+        Some(known) => Some(known),
+        None => run.known_by_id(&id)?,
+    };
+    let live = known.as_ref().filter(|k| !k.deleted);
+    let request = Request::page(&page.url).if_changed(live.map(|k| &k.validators));
     match run.fetcher().get(request).await {
-        Ok(Fetched::NotModified) => match &known {
+        Ok(Fetched::NotModified) => match live {
             Some(known) => {
                 run.unchanged(known);
                 Ok(())
@@ -54,15 +60,18 @@ async fn crawl_one(run: &SourceRun<'_>, page: &Page) -> Result<()> {
         },
         Ok(Fetched::Body(response)) => {
             let draft = draft_from_page(&response.text(), page);
-            run.emit(
-                draft,
-                FetchInfo {
-                    url: page.url.clone(),
-                    validators: response.validators,
-                    version: None,
-                },
-            )
-            .await
+            let fetch = FetchInfo {
+                url: page.url.clone(),
+                validators: response.validators,
+                version: None,
+            };
+            if live.is_some_and(|k| k.version.as_deref() == Some(FROM_FEED)) {
+                // First look at the page of an article the feed carried: same article, other
+                // markup. Not a change.
+                run.adopt(draft, fetch).await
+            } else {
+                run.emit(draft, fetch).await
+            }
         }
         Err(error) if error.is_gone() => match &known {
             Some(known) => run.gone(known, &error.to_string()).await,
@@ -71,6 +80,9 @@ async fn crawl_one(run: &SourceRun<'_>, page: &Page) -> Result<()> {
         Err(error) => Err(error),
     }
 }
+
+/// The version of a document taken from a feed item rather than its page.
+pub const FROM_FEED: &str = "feed";
 
 /// A document from a whole page.
 pub fn draft_from_page(html: &str, page: &Page) -> Draft {
