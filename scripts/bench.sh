@@ -3,6 +3,7 @@
 #   scripts/bench.sh log      the event log, embedded and Kafka (Tansu), 100,000 events of 1 KB
 #   scripts/bench.sh embed    embedding throughput against the Python baseline [-- --corpus FILE]
 #   scripts/bench.sh latency  end-to-end latency, append to searchable, at 5 documents/s [RATE SECONDS]
+#   scripts/bench.sh crawl    crawl throughput, 1,000 local article pages (PAGES, CONCURRENCY)
 # Extra arguments after the name go to the benchmark.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,4 +27,7 @@ if [ "$which" = embed ] || [ "$which" = all ]; then
 fi
 if [ "$which" = latency ] || [ "$which" = all ]; then
   cargo bench --locked -p twin-stream --bench end_to_end_latency -- "$@"
+fi
+if [ "$which" = crawl ] || [ "$which" = all ]; then
+  cargo bench --locked -p twin-ingest --bench crawl_throughput -- "$@"
 fi

@@ -4,6 +4,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 use twin_eventlog::{publish, EmbeddedLog, EventLog};
+use twin_ingest::testkit::{FixtureServer, Route};
 use twin_schemas::{DocumentDeleted, DocumentKind, Event};
 
 /// Run `twin` in `dir` with a clean `TWIN_*` environment plus `env`.
@@ -43,9 +44,144 @@ fn help_lists_every_role() {
 #[test]
 fn roles_not_built_yet_say_so_and_fail() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let out = twin(dir.path(), &["ingest", "--once"], &[]);
+    let out = twin(dir.path(), &["train"], &[]);
     assert!(!out.status.success());
     assert!(stderr(&out).contains("not built yet"), "{}", stderr(&out));
+}
+
+/// A twin.toml crawling `urls` as web articles, impatiently, without a metrics port.
+fn crawl_config(dir: &Path, urls: &[String], schedule: &str) {
+    let mut text = format!(
+        "[metrics]\nlisten = \"\"\n[author]\nid = \"paul\"\nfull_name = \"Paul Iusztin\"\n\
+         [ingest]\nschedule = \"{schedule}\"\n[ingest.http]\nrequests_per_second = 0.0\n\
+         retries = 1\nbackoff_ms = 10\ntimeout_secs = 2.0\n"
+    );
+    for url in urls {
+        text.push_str(&format!(
+            "[[ingest.sources]]\nurl = \"{url}\"\nplatform = \"web\"\n"
+        ));
+    }
+    std::fs::write(dir.join("twin.toml"), text).expect("twin.toml");
+}
+
+fn page(body: &str) -> Route {
+    Route::html(format!(
+        "<html><head><title>A post</title></head><body><nav>Home</nav><article><h1>A post</h1><p>{body}</p></article></body></html>"
+    ))
+}
+
+#[test]
+fn ingest_once_summarises_each_source_and_fails_when_one_fails() {
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let server = runtime.block_on(FixtureServer::start()).expect("server");
+    server.put("/good", page("Events are the truth."));
+    server.put("/broken", Route::status(500));
+    let dir = tempfile::tempdir().expect("tempdir");
+    crawl_config(
+        dir.path(),
+        &[server.url("/good"), server.url("/broken")],
+        "6h",
+    );
+
+    let out = twin(dir.path(), &["ingest", "--once"], &[]);
+    assert!(!out.status.success(), "a failed source fails the pass");
+    let (text, err) = (stdout(&out), stderr(&out));
+    assert!(
+        text.contains("source") && text.contains("unchanged") && text.contains("total"),
+        "{text}"
+    );
+    let good = text
+        .lines()
+        .find(|l| l.contains("/good"))
+        .expect("a line for /good");
+    let numbers: Vec<&str> = good.split_whitespace().skip(2).collect();
+    assert_eq!(numbers, vec!["1", "0", "0", "0", "0"], "{good}");
+    assert!(
+        err.contains(&server.url("/broken")) && err.contains("HTTP 500"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+
+    // Fixed: the next pass succeeds and emits only what is new.
+    server.put("/broken", page("Fixed now."));
+    let out = twin(dir.path(), &["ingest", "--once"], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    let total = text
+        .lines()
+        .find(|l| l.starts_with("total"))
+        .expect("total line");
+    assert_eq!(
+        total.split_whitespace().skip(1).collect::<Vec<_>>(),
+        vec!["1", "0", "1", "0", "0"],
+        "{text}"
+    );
+    let out = twin(
+        dir.path(),
+        &["ingest", "--once", "--source", "nothing-like-this"],
+        &[],
+    );
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("no source matches"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn ingest_on_a_schedule_stops_cleanly_on_sigterm() {
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let server = runtime.block_on(FixtureServer::start()).expect("server");
+    server.put("/post", page("Crawled before the stop."));
+    let dir = tempfile::tempdir().expect("tempdir");
+    crawl_config(dir.path(), &[server.url("/post")], "1h");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_twin"))
+        .current_dir(dir.path())
+        .args(["ingest"])
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("twin ingest");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while server.seen_at("/post").is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the first pass never ran"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let started = std::time::Instant::now();
+    let out = loop {
+        if child.try_wait().expect("wait").is_some() {
+            break child.wait_with_output().expect("output");
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "twin ingest did not stop"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("1 new"), "{}", stdout(&out));
+    // The document crawled is on the log.
+    let out = twin(
+        dir.path(),
+        &["log", "tail", "raw-documents", "--max", "10"],
+        &[],
+    );
+    assert!(
+        stdout(&out).contains("Crawled before the stop."),
+        "{}",
+        stdout(&out)
+    );
 }
 
 #[test]

@@ -17,9 +17,10 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 
 pub use model::{
-    AuthorConfig, GithubConfig, HttpConfig, IngestConfig, SourceConfig, ChunkRule, ChunkingConfig, ClickHouseConfig, EmbeddedLogConfig, EmbeddingConfig, KafkaConfig,
-    LogBackend, LogConfig, MetricsConfig, QdrantConfig, TopicNames, TwinConfig, VectorStoreBackend,
-    VectorStoreConfig, WarehouseBackend, WarehouseConfig,
+    AuthorConfig, ChunkRule, ChunkingConfig, ClickHouseConfig, EmbeddedLogConfig, EmbeddingConfig,
+    GithubConfig, HttpConfig, IngestConfig, KafkaConfig, LogBackend, LogConfig, MetricsConfig,
+    QdrantConfig, SourceConfig, TopicNames, TwinConfig, VectorStoreBackend, VectorStoreConfig,
+    WarehouseBackend, WarehouseConfig,
 };
 
 /// The file read when none is named.

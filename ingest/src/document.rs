@@ -9,9 +9,29 @@ use url::Url;
 
 /// Query parameters that only track where a click came from.
 const TRACKING_PARAMETERS: &[&str] = &[
-    "source", "sk", "ref", "ref_src", "fbclid", "gclid", "mc_cid", "mc_eid", "trk",
-    "trackingid", "lipi", "r", "s", "triedredirect", "utm_source", "utm_medium", "utm_campaign",
-    "utm_term", "utm_content", "publication_id", "post_id", "isfreemail", "token",
+    "source",
+    "sk",
+    "ref",
+    "ref_src",
+    "fbclid",
+    "gclid",
+    "mc_cid",
+    "mc_eid",
+    "trk",
+    "trackingid",
+    "lipi",
+    "r",
+    "s",
+    "triedredirect",
+    "utm_source",
+    "utm_medium",
+    "utm_campaign",
+    "utm_term",
+    "utm_content",
+    "publication_id",
+    "post_id",
+    "isfreemail",
+    "token",
 ];
 
 /// A document as a crawler found it, before ids and hashes.
@@ -49,7 +69,10 @@ impl Draft {
 
     /// Set a metadata field when it has a value.
     pub fn meta(&mut self, key: &str, value: Option<impl Into<String>>) {
-        if let Some(value) = value.map(Into::into).filter(|v: &String| !v.trim().is_empty()) {
+        if let Some(value) = value
+            .map(Into::into)
+            .filter(|v: &String| !v.trim().is_empty())
+        {
             self.metadata.insert(key.to_string(), value);
         }
     }
@@ -85,7 +108,10 @@ pub fn fingerprint(document: &RawDocument) -> String {
     for field in [
         document.content_hash.as_str(),
         document.title.as_str(),
-        &document.published_at.map(|t| t.to_string()).unwrap_or_default(),
+        &document
+            .published_at
+            .map(|t| t.to_string())
+            .unwrap_or_default(),
         document.url.as_str(),
     ] {
         hasher.update((field.len() as u64).to_le_bytes());
@@ -139,9 +165,15 @@ mod tests {
             canonical_url("https://blog.example.com/?p=12&utm_source=x"),
             "https://blog.example.com/?p=12"
         );
-        assert_eq!(canonical_url("https://x.substack.com/p/post/"), "https://x.substack.com/p/post");
+        assert_eq!(
+            canonical_url("https://x.substack.com/p/post/"),
+            "https://x.substack.com/p/post"
+        );
         assert_eq!(canonical_url("https://x.com/"), "https://x.com/");
-        assert_eq!(canonical_url("linkedin-export:Articles/a.html"), "linkedin-export:Articles/a.html");
+        assert_eq!(
+            canonical_url("linkedin-export:Articles/a.html"),
+            "linkedin-export:Articles/a.html"
+        );
     }
 
     #[test]
@@ -150,7 +182,11 @@ mod tests {
             id: "me".into(),
             full_name: "Me".into(),
         };
-        let mut a = Draft::new(DocumentKind::Article, "medium", "https://medium.com/@me/a?source=rss");
+        let mut a = Draft::new(
+            DocumentKind::Article,
+            "medium",
+            "https://medium.com/@me/a?source=rss",
+        );
         a.title = "A".into();
         a.content = vec![ContentBlock::paragraph("text")];
         let mut b = a.clone();

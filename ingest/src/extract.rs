@@ -45,17 +45,66 @@ const SKIPPED_TAGS: &[&str] = &[
 
 /// Class or id words that mark page furniture rather than content.
 const FURNITURE_WORDS: &[&str] = &[
-    "comment", "comments", "footer", "nav", "navbar", "navigation", "menu", "share", "sharing",
-    "social", "related", "recommended", "subscribe", "subscription", "newsletter", "sidebar",
-    "cookie", "cookies", "popup", "modal", "promo", "advert", "ads", "byline", "breadcrumb",
-    "breadcrumbs", "signup", "paywall",
+    "comment",
+    "comments",
+    "footer",
+    "nav",
+    "navbar",
+    "navigation",
+    "menu",
+    "share",
+    "sharing",
+    "social",
+    "related",
+    "recommended",
+    "subscribe",
+    "subscription",
+    "newsletter",
+    "sidebar",
+    "cookie",
+    "cookies",
+    "popup",
+    "modal",
+    "promo",
+    "advert",
+    "ads",
+    "byline",
+    "breadcrumb",
+    "breadcrumbs",
+    "signup",
+    "paywall",
 ];
 
 /// Tags that start a new block (everything else is inline text).
 const BLOCK_TAGS: &[&str] = &[
-    "p", "h1", "h2", "h3", "h4", "h5", "h6", "pre", "ul", "ol", "li", "blockquote", "div",
-    "section", "article", "main", "figure", "figcaption", "table", "tr", "hr", "dl", "dt", "dd",
-    "details", "summary", "body", "html",
+    "p",
+    "h1",
+    "h2",
+    "h3",
+    "h4",
+    "h5",
+    "h6",
+    "pre",
+    "ul",
+    "ol",
+    "li",
+    "blockquote",
+    "div",
+    "section",
+    "article",
+    "main",
+    "figure",
+    "figcaption",
+    "table",
+    "tr",
+    "hr",
+    "dl",
+    "dt",
+    "dd",
+    "details",
+    "summary",
+    "body",
+    "html",
 ];
 
 /// Extract a whole page: metadata from its head, content from its main container.
@@ -305,7 +354,12 @@ fn list_item(item: ElementRef<'_>, walker: &mut Walker, blocks: &mut Vec<Content
             _ => {}
         }
     }
-    push(blocks, BlockKind::ListItem, tidy(&own), walker.list_depth.max(1));
+    push(
+        blocks,
+        BlockKind::ListItem,
+        tidy(&own),
+        walker.list_depth.max(1),
+    );
     for child in nested {
         let name = child.value().name();
         block(child, name, walker, blocks);
@@ -472,7 +526,11 @@ mod tests {
         let page = page(html);
         assert_eq!(page.title.as_deref(), Some("Real title"));
         assert_eq!(page.published_at, Some(1_709_287_200_000));
-        let kinds: Vec<_> = page.blocks.iter().map(|b| (b.kind, b.level, b.text.as_str())).collect();
+        let kinds: Vec<_> = page
+            .blocks
+            .iter()
+            .map(|b| (b.kind, b.level, b.text.as_str()))
+            .collect();
         assert_eq!(
             kinds,
             vec![
@@ -499,12 +557,21 @@ mod tests {
     fn pages_without_a_known_container_use_the_densest_one() {
         let html = "<html><body><div class='menu'><p>Home</p></div><div id='x'><p>A long paragraph of real text.</p><p>Another one.</p></div><div><p>short</p></div></body></html>";
         let texts: Vec<_> = page(html).blocks.into_iter().map(|b| b.text).collect();
-        assert_eq!(texts, vec!["A long paragraph of real text.", "Another one."]);
+        assert_eq!(
+            texts,
+            vec!["A long paragraph of real text.", "Another one."]
+        );
     }
 
     #[test]
     fn malformed_html_does_not_panic() {
-        for html in ["<p>unclosed <b>bold", "<<<>>>", "", "<pre><code>x", "\u{0}\u{1}"] {
+        for html in [
+            "<p>unclosed <b>bold",
+            "<<<>>>",
+            "",
+            "<pre><code>x",
+            "\u{0}\u{1}",
+        ] {
             let _ = page(html);
             let _ = fragment(html);
         }
@@ -513,8 +580,14 @@ mod tests {
     #[test]
     fn times_in_the_formats_platforms_use() {
         assert_eq!(parse_time("2024-03-01T10:00:00Z"), Some(1_709_287_200_000));
-        assert_eq!(parse_time("2024-03-01T10:00:00.000Z"), Some(1_709_287_200_000));
-        assert_eq!(parse_time("Fri, 01 Mar 2024 10:00:00 GMT"), Some(1_709_287_200_000));
+        assert_eq!(
+            parse_time("2024-03-01T10:00:00.000Z"),
+            Some(1_709_287_200_000)
+        );
+        assert_eq!(
+            parse_time("Fri, 01 Mar 2024 10:00:00 GMT"),
+            Some(1_709_287_200_000)
+        );
         assert_eq!(parse_time("2024-03-01 10:00:00"), Some(1_709_287_200_000));
         assert_eq!(parse_time("2024-03-01"), Some(1_709_251_200_000));
         assert_eq!(parse_time("yesterday"), None);

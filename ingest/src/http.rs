@@ -235,7 +235,8 @@ impl Fetcher {
     }
 
     async fn fetch_robots(&self, robots_url: &str) -> Result<Robots> {
-        let url = Url::parse(robots_url).map_err(|e| IngestError::malformed(robots_url, e.to_string()))?;
+        let url = Url::parse(robots_url)
+            .map_err(|e| IngestError::malformed(robots_url, e.to_string()))?;
         let robots = match self.get_with_retries(&url, Request::api(robots_url)).await {
             Ok(Fetched::Body(response)) => match Robot::new(&self.robots_agent, &response.body) {
                 Ok(robot) => {
@@ -410,7 +411,9 @@ impl Fetcher {
         if let Some(length) = response.content_length().filter(|l| *l > limit) {
             return Err(Failure::fatal(
                 Some(status.as_u16()),
-                format!("response of {length} bytes is over ingest.http.max_response_bytes = {limit}"),
+                format!(
+                    "response of {length} bytes is over ingest.http.max_response_bytes = {limit}"
+                ),
             ));
         }
         let validators = Validators {
@@ -505,7 +508,10 @@ fn retry_after(headers: &HeaderMap) -> Option<Duration> {
         return Some(Duration::from_secs(seconds));
     }
     let when = httpdate::parse_http_date(value).ok()?;
-    Some(when.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO))
+    Some(
+        when.duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO),
+    )
 }
 
 fn header_string(headers: &HeaderMap, name: header::HeaderName) -> Option<String> {

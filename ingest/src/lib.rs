@@ -127,8 +127,12 @@ impl Ingest {
                     on_pass(report);
                     due[i] = self.sources[i].schedule.next_after(ended);
                     match due[i] {
-                        Some(next) => info!(source = %self.sources[i].label, next = %next.to_rfc3339(), "next crawl"),
-                        None => warn!(source = %self.sources[i].label, "the schedule names no future time; not crawled again"),
+                        Some(next) => {
+                            info!(source = %self.sources[i].label, next = %next.to_rfc3339(), "next crawl")
+                        }
+                        None => {
+                            warn!(source = %self.sources[i].label, "the schedule names no future time; not crawled again")
+                        }
                     }
                 }
             }
@@ -151,7 +155,12 @@ impl Ingest {
 
 /// The summary table of a pass: one line per source, then totals.
 pub fn summary(reports: &[SourceReport]) -> String {
-    let width = reports.iter().map(|r| r.source.len()).max().unwrap_or(6).max(6);
+    let width = reports
+        .iter()
+        .map(|r| r.source.len())
+        .max()
+        .unwrap_or(6)
+        .max(6);
     let mut text = format!(
         "{:width$}  {:>6} {:>8} {:>10} {:>8} {:>7}\n",
         "source", "new", "changed", "unchanged", "deleted", "failed"

@@ -22,7 +22,9 @@ impl Schedule {
         let text = text.trim();
         if let Ok(every) = humantime::parse_duration(text) {
             if every.is_zero() {
-                return Err(format!("schedule {text:?}: an interval must be longer than zero"));
+                return Err(format!(
+                    "schedule {text:?}: an interval must be longer than zero"
+                ));
             }
             return Ok(Schedule::Every(every));
         }
@@ -50,13 +52,24 @@ mod tests {
 
     #[test]
     fn intervals_and_cron_expressions() {
-        let start = DateTime::parse_from_rfc3339("2026-01-01T10:15:00Z").expect("time").to_utc();
+        let start = DateTime::parse_from_rfc3339("2026-01-01T10:15:00Z")
+            .expect("time")
+            .to_utc();
         let every = Schedule::parse("6h").expect("interval");
-        assert_eq!(every.next_after(start).expect("next").to_rfc3339(), "2026-01-01T16:15:00+00:00");
+        assert_eq!(
+            every.next_after(start).expect("next").to_rfc3339(),
+            "2026-01-01T16:15:00+00:00"
+        );
         let cron = Schedule::parse("0 */6 * * *").expect("cron");
-        assert_eq!(cron.next_after(start).expect("next").to_rfc3339(), "2026-01-01T12:00:00+00:00");
+        assert_eq!(
+            cron.next_after(start).expect("next").to_rfc3339(),
+            "2026-01-01T12:00:00+00:00"
+        );
         let error = Schedule::parse("every day").expect_err("refused");
-        assert!(error.contains("neither an interval") && error.contains("every day"), "{error}");
+        assert!(
+            error.contains("neither an interval") && error.contains("every day"),
+            "{error}"
+        );
         assert!(Schedule::parse("0s").is_err());
     }
 }

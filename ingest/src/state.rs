@@ -4,7 +4,8 @@
 //!
 //! A row is written only after its event is durable on the log: a crash between the two makes
 //! the next run emit the document again (harmless: downstream writes are idempotent), never
-//! lose it.
+//! lose it. SQLite runs with `synchronous = NORMAL` (WAL): a power cut may lose the last rows,
+//! which only makes the next run emit those documents again.
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -65,6 +66,7 @@ impl CrawlState {
         state.with(|c| {
             c.execute_batch(
                 "PRAGMA journal_mode = WAL;
+                 PRAGMA synchronous = NORMAL;
                  PRAGMA busy_timeout = 5000;
                  CREATE TABLE IF NOT EXISTS documents (
                      id TEXT PRIMARY KEY,
@@ -250,7 +252,10 @@ mod tests {
         state.record(&document).expect("record");
         assert_eq!(state.get("abc").expect("get"), Some(document.clone()));
         assert_eq!(state.documents_of("medium:@me").expect("list").len(), 1);
-        assert!(state.by_fetch_url(&document.fetch_url).expect("by url").is_some());
+        assert!(state
+            .by_fetch_url(&document.fetch_url)
+            .expect("by url")
+            .is_some());
         state.mark_deleted("abc").expect("delete");
         assert!(state.documents_of("medium:@me").expect("list").is_empty());
         assert!(state.get("abc").expect("get").expect("kept").deleted);

@@ -232,7 +232,11 @@ async fn answer(State(site): State<Arc<Mutex<Site>>>, uri: Uri, headers: HeaderM
                 .get(header::IF_NONE_MATCH)
                 .and_then(|v| v.to_str().ok())
                 .is_some_and(|v| v == etag);
-            status = if route.validators && matches { 304 } else { route.status };
+            status = if route.validators && matches {
+                304
+            } else {
+                route.status
+            };
             let mut builder = Response::builder().status(status);
             if route.validators {
                 builder = builder
@@ -264,7 +268,8 @@ async fn answer(State(site): State<Arc<Mutex<Site>>>, uri: Uri, headers: HeaderM
 
 fn plain(status: u16) -> Response {
     let mut response = Response::new(Body::from(format!("status {status}")));
-    *response.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    *response.status_mut() =
+        StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     response
 }
 

@@ -40,7 +40,11 @@ impl Github {
     pub fn new(owner: &str, config: &GithubConfig) -> Result<Self, String> {
         let token = Some(config.token.trim().to_string())
             .filter(|t| !t.is_empty())
-            .or_else(|| std::env::var("GITHUB_TOKEN").ok().filter(|t| !t.trim().is_empty()));
+            .or_else(|| {
+                std::env::var("GITHUB_TOKEN")
+                    .ok()
+                    .filter(|t| !t.trim().is_empty())
+            });
         Ok(Self {
             owner: owner.to_string(),
             api: config.api_url.trim_end_matches('/').to_string(),
@@ -136,7 +140,10 @@ impl Github {
                 None => return Ok(repositories),
             }
         }
-        Err(IngestError::malformed(url, format!("more than {MAX_PAGES} pages of repositories")))
+        Err(IngestError::malformed(
+            url,
+            format!("more than {MAX_PAGES} pages of repositories"),
+        ))
     }
 
     async fn crawl_repository(
@@ -155,7 +162,10 @@ impl Github {
             self.api, repository.full_name, repository.default_branch
         );
         let known = run.known_at(&tarball)?;
-        if let Some(known) = known.as_ref().filter(|k| k.version.as_deref() == Some(&version)) {
+        if let Some(known) = known
+            .as_ref()
+            .filter(|k| k.version.as_deref() == Some(&version))
+        {
             run.unchanged(known);
             return Ok(());
         }
@@ -184,17 +194,25 @@ impl Github {
         let rules = self.rules.clone();
         let files = tokio::task::spawn_blocking(move || rules.read_tar_gz(&body, &location))
             .await
-            .map_err(|e| IngestError::malformed(url, format!("reading the tarball panicked: {e}")))??;
+            .map_err(|e| {
+                IngestError::malformed(url, format!("reading the tarball panicked: {e}"))
+            })??;
         let location = format!("{} (tarball of {})", url, repository.default_branch);
         if files.blocks.is_empty() {
             return Err(IngestError::malformed(
                 &location,
-                format!("no file is left once the rules are applied ({} skipped)", files.skipped.len()),
+                format!(
+                    "no file is left once the rules are applied ({} skipped)",
+                    files.skipped.len()
+                ),
             ));
         }
         let mut draft = Draft::new(DocumentKind::Repository, "github", url);
         draft.title = repository.name.clone();
-        draft.published_at = repository.created_at.as_deref().and_then(extract::parse_time);
+        draft.published_at = repository
+            .created_at
+            .as_deref()
+            .and_then(extract::parse_time);
         draft.meta("full_name", Some(repository.full_name.clone()));
         draft.meta("description", repository.description.clone());
         draft.meta("default_branch", Some(repository.default_branch.clone()));

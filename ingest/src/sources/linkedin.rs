@@ -54,7 +54,12 @@ impl Crawler for Linkedin {
             let path_for_read = path.clone();
             let export = tokio::task::spawn_blocking(move || read_export(&path_for_read))
                 .await
-                .map_err(|e| IngestError::malformed(path.display().to_string(), format!("reading the export panicked: {e}")))??;
+                .map_err(|e| {
+                    IngestError::malformed(
+                        path.display().to_string(),
+                        format!("reading the export panicked: {e}"),
+                    )
+                })??;
             complete &= export.complete;
             for (location, reason) in &export.problems {
                 run.failed(location, &IngestError::malformed(location, reason));
@@ -107,9 +112,11 @@ pub fn read_export(path: &Path) -> Result<Export> {
         complete: true,
         ..Export::default()
     };
-    let shares = names
-        .iter()
-        .find(|n| n.rsplit('/').next().is_some_and(|f| f.eq_ignore_ascii_case("Shares.csv")));
+    let shares = names.iter().find(|n| {
+        n.rsplit('/')
+            .next()
+            .is_some_and(|f| f.eq_ignore_ascii_case("Shares.csv"))
+    });
     match shares {
         Some(name) => match read_entry(&mut zip, name) {
             Ok(bytes) => read_shares(&bytes, &format!("{location}!{name}"), &mut export),
@@ -159,7 +166,10 @@ pub fn read_export(path: &Path) -> Result<Export> {
 fn read_entry(zip: &mut zip::ZipArchive<std::fs::File>, name: &str) -> Result<Vec<u8>, String> {
     let entry = zip.by_name(name).map_err(|e| format!("cannot open: {e}"))?;
     if entry.size() > MAX_ENTRY_BYTES {
-        return Err(format!("{} bytes is too large to be an export file", entry.size()));
+        return Err(format!(
+            "{} bytes is too large to be an export file",
+            entry.size()
+        ));
     }
     let mut bytes = Vec::new();
     entry
@@ -177,14 +187,22 @@ fn read_shares(bytes: &[u8], location: &str, export: &mut Export) {
         Ok(h) => h.clone(),
         Err(e) => {
             export.complete = false;
-            export.problems.push((location.into(), format!("no header row: {e}")));
+            export
+                .problems
+                .push((location.into(), format!("no header row: {e}")));
             return;
         }
     };
-    let column = |name: &str| headers.iter().position(|h| h.trim().eq_ignore_ascii_case(name));
-    let (Some(date), Some(link), Some(commentary)) =
-        (column("Date"), column("ShareLink"), column("ShareCommentary"))
-    else {
+    let column = |name: &str| {
+        headers
+            .iter()
+            .position(|h| h.trim().eq_ignore_ascii_case(name))
+    };
+    let (Some(date), Some(link), Some(commentary)) = (
+        column("Date"),
+        column("ShareLink"),
+        column("ShareCommentary"),
+    ) else {
         export.complete = false;
         export.problems.push((
             location.into(),
@@ -203,7 +221,9 @@ fn read_shares(bytes: &[u8], location: &str, export: &mut Export) {
             Ok(r) => r,
             Err(e) => {
                 export.complete = false;
-                export.problems.push((format!("{location} line {line}"), e.to_string()));
+                export
+                    .problems
+                    .push((format!("{location} line {line}"), e.to_string()));
                 continue;
             }
         };
@@ -215,9 +235,10 @@ fn read_shares(bytes: &[u8], location: &str, export: &mut Export) {
         }
         if url.is_empty() {
             export.complete = false;
-            export
-                .problems
-                .push((format!("{location} line {line}"), "post has no ShareLink".into()));
+            export.problems.push((
+                format!("{location} line {line}"),
+                "post has no ShareLink".into(),
+            ));
             continue;
         }
         let mut draft = Draft::new(DocumentKind::Post, "linkedin", canonical_url(url));
@@ -270,7 +291,9 @@ fn article(html: &str, name: &str) -> Option<Draft> {
     for child in body.children().filter_map(scraper::ElementRef::wrap) {
         let name = child.value().name();
         let class = child.value().attr("class").unwrap_or("");
-        if name == "h1" || (name == "p" && (class.contains("published") || class.contains("created"))) {
+        if name == "h1"
+            || (name == "p" && (class.contains("published") || class.contains("created")))
+        {
             continue;
         }
         body_html.push_str(&child.html());

@@ -60,7 +60,10 @@ impl Crawler for Medium {
                     let Some(link) = entry.links.first().map(|l| canonical_url(&l.href)) else {
                         run.failed(
                             &self.feed_url,
-                            &IngestError::malformed(&self.feed_url, format!("item {:?} has no link", entry.id)),
+                            &IngestError::malformed(
+                                &self.feed_url,
+                                format!("item {:?} has no link", entry.id),
+                            ),
                         );
                         continue;
                     };
@@ -125,7 +128,10 @@ fn draft_from_entry(entry: &Entry, link: &str) -> Option<Draft> {
     }
     let mut draft = Draft::new(DocumentKind::Article, "medium", link);
     draft.title = title.unwrap_or_default();
-    draft.published_at = entry.published.or(entry.updated).map(|t| t.timestamp_millis());
+    draft.published_at = entry
+        .published
+        .or(entry.updated)
+        .map(|t| t.timestamp_millis());
     let tags: Vec<&str> = entry.categories.iter().map(|c| c.term.as_str()).collect();
     draft.meta("tags", Some(tags.join(",")));
     draft.content = blocks;
@@ -145,9 +151,21 @@ mod tests {
     #[test]
     fn feed_urls_follow_medium_conventions() {
         let at = |u: &str| Medium::new(&Url::parse(u).expect("url"), Vec::new()).feed_url;
-        assert_eq!(at("https://medium.com/@paul"), "https://medium.com/feed/@paul");
-        assert_eq!(at("https://paul.medium.com/"), "https://paul.medium.com/feed");
-        assert_eq!(at("https://medium.com/decodingml"), "https://medium.com/feed/decodingml");
-        assert_eq!(at("http://127.0.0.1:8080/@paul"), "http://127.0.0.1:8080/feed/@paul");
+        assert_eq!(
+            at("https://medium.com/@paul"),
+            "https://medium.com/feed/@paul"
+        );
+        assert_eq!(
+            at("https://paul.medium.com/"),
+            "https://paul.medium.com/feed"
+        );
+        assert_eq!(
+            at("https://medium.com/decodingml"),
+            "https://medium.com/feed/decodingml"
+        );
+        assert_eq!(
+            at("http://127.0.0.1:8080/@paul"),
+            "http://127.0.0.1:8080/feed/@paul"
+        );
     }
 }

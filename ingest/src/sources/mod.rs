@@ -141,7 +141,8 @@ fn build(source: &SourceConfig, config: &IngestConfig) -> Result<Source, String>
         }
     }
     for article in &source.articles {
-        Url::parse(article).map_err(|e| format!("articles: {article:?} is not a valid url: {e}"))?;
+        Url::parse(article)
+            .map_err(|e| format!("articles: {article:?} is not a valid url: {e}"))?;
     }
     if source.export.is_some() && platform != Platform::Linkedin {
         return Err("`export` is only for LinkedIn sources".into());
@@ -149,7 +150,10 @@ fn build(source: &SourceConfig, config: &IngestConfig) -> Result<Source, String>
     let schedule_text = source.schedule.as_deref().unwrap_or(&config.schedule);
     let schedule = Schedule::parse(schedule_text)?;
     let articles: Vec<String> = source.articles.iter().map(|a| canonical_url(a)).collect();
-    let need_url = || url.clone().ok_or_else(|| format!("a {platform} source needs a url"));
+    let need_url = || {
+        url.clone()
+            .ok_or_else(|| format!("a {platform} source needs a url"))
+    };
     let (key, label, crawler): (String, String, Box<dyn Crawler>) = match platform {
         Platform::Medium => {
             let url = need_url()?;
@@ -207,7 +211,10 @@ fn build(source: &SourceConfig, config: &IngestConfig) -> Result<Source, String>
             (
                 key,
                 label,
-                Box::new(linkedin::Linkedin::new(export.map(Path::to_path_buf), posts)),
+                Box::new(linkedin::Linkedin::new(
+                    export.map(Path::to_path_buf),
+                    posts,
+                )),
             )
         }
         Platform::Web => {

@@ -116,7 +116,10 @@ impl Substack {
             let batch = match run.fetcher().get(Request::api(&url)).await {
                 Ok(Fetched::Body(response)) => serde_json::from_slice::<Vec<Post>>(&response.body)
                     .map_err(|e| {
-                        IngestError::malformed(&url, format!("archive page is not a list of posts: {e}"))
+                        IngestError::malformed(
+                            &url,
+                            format!("archive page is not a list of posts: {e}"),
+                        )
                     }),
                 Ok(Fetched::NotModified) => Ok(Vec::new()),
                 Err(error) => Err(error),
@@ -161,7 +164,10 @@ impl Substack {
             }
             Ok(Fetched::Body(response)) => {
                 let full: Post = serde_json::from_slice(&response.body).map_err(|e| {
-                    IngestError::malformed(&api_url, format!("post is not what the post API returns: {e}"))
+                    IngestError::malformed(
+                        &api_url,
+                        format!("post is not what the post API returns: {e}"),
+                    )
                 })?;
                 let html = full.body_html.clone().unwrap_or_default();
                 let draft = draft(&full, url, &html);
