@@ -106,6 +106,10 @@ impl Ingest {
 
     async fn crawl(&self, source: &Source) -> SourceReport {
         let run = SourceRun::new(&self.context, &source.key, &source.label);
+        // Kafka brokers need the topic before the first append; the embedded log makes it.
+        if let Err(error) = self.context.log.ensure_topic(&self.context.topic).await {
+            run.failed(&self.context.topic, &IngestError::Log(error));
+        }
         run.run(source.crawler.as_ref()).await
     }
 
