@@ -395,10 +395,11 @@ pub async fn raw_events(log: &dyn EventLog, config: &TwinConfig) -> Vec<Event> {
         .expect("consumer");
     let mut consumer = EventConsumer::new(consumer, topic.as_str());
     let mut events = Vec::new();
-    while (events.len() as u64) < total {
-        match consumer.next(Duration::from_secs(5)).await.expect("poll") {
-            Some(delivery) => events.push(delivery.event.expect("decodes")),
-            None => break,
+    // A Kafka consumer's first polls may come back empty while it joins its group.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while (events.len() as u64) < total && std::time::Instant::now() < deadline {
+        if let Some(delivery) = consumer.next(Duration::from_secs(2)).await.expect("poll") {
+            events.push(delivery.event.expect("decodes"));
         }
     }
     events
