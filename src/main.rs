@@ -335,10 +335,6 @@ async fn ingest(
     once: bool,
     filter: Option<&str>,
 ) -> Result<ExitCode> {
-    let topic = &config.topics.raw_documents;
-    log.ensure_topic(topic)
-        .await
-        .with_context(|| format!("topic {topic}"))?;
     let stop = tokio_util::sync::CancellationToken::new();
     let on_signal = stop.clone();
     tokio::spawn(async move {

@@ -386,31 +386,24 @@ fn has_block_descendant(element: ElementRef<'_>) -> bool {
 
 /// Text of inline content: `<br>` is a line break, furniture is dropped.
 fn inline_text(element: ElementRef<'_>, out: &mut String) {
-    for child in element.children() {
-        match child.value() {
-            Node::Text(text) => out.push_str(text),
-            Node::Element(e) if e.name() == "br" => out.push('\n'),
-            Node::Element(_) => {
-                if let Some(child) = ElementRef::wrap(child) {
-                    if !is_furniture(&child) {
-                        inline_text(child, out);
-                    }
-                }
-            }
-            _ => {}
-        }
-    }
+    collect_text(element, out, true);
 }
 
 /// Text of a code block, exactly: every text node as it is, `<br>` as a newline.
 fn raw_text(element: ElementRef<'_>, out: &mut String) {
+    collect_text(element, out, false);
+}
+
+fn collect_text(element: ElementRef<'_>, out: &mut String, drop_furniture: bool) {
     for child in element.children() {
         match child.value() {
             Node::Text(text) => out.push_str(text),
             Node::Element(e) if e.name() == "br" => out.push('\n'),
             Node::Element(_) => {
                 if let Some(child) = ElementRef::wrap(child) {
-                    raw_text(child, out);
+                    if !(drop_furniture && is_furniture(&child)) {
+                        collect_text(child, out, drop_furniture);
+                    }
                 }
             }
             _ => {}

@@ -29,7 +29,6 @@ pub mod sources;
 pub mod state;
 pub mod testkit;
 
-use std::path::Path;
 use std::sync::Arc;
 
 use chrono::Utc;
@@ -100,17 +99,29 @@ impl Ingest {
     /// Crawl every source once, all at the same time; each reports on its own, and one that
     /// fails does not stop the others.
     pub async fn run_once(&self) -> Vec<SourceReport> {
-        let passes = self.sources.iter().map(|source| self.crawl(source));
-        futures::future::join_all(passes).await
+        self.pass(self.sources.iter()).await
     }
 
-    async fn crawl(&self, source: &Source) -> SourceReport {
-        let run = SourceRun::new(&self.context, &source.key, &source.label);
+    /// One pass of `sources`, all at the same time.
+    async fn pass(&self, sources: impl Iterator<Item = &Source>) -> Vec<SourceReport> {
         // Kafka brokers need the topic before the first append; the embedded log makes it.
-        if let Err(error) = self.context.log.ensure_topic(&self.context.topic).await {
-            run.failed(&self.context.topic, &IngestError::Log(error));
-        }
-        run.run(source.crawler.as_ref()).await
+        let topic = self
+            .context
+            .log
+            .ensure_topic(&self.context.topic)
+            .await
+            .err();
+        let passes = sources.map(|source| async {
+            let run = SourceRun::new(&self.context, &source.key, &source.label);
+            if let Some(error) = &topic {
+                run.failed(
+                    &self.context.topic,
+                    &IngestError::Config(format!("topic: {error}")),
+                );
+            }
+            run.run(source.crawler.as_ref()).await
+        });
+        futures::future::join_all(passes).await
     }
 
     /// Crawl each source on its schedule, starting with a pass of every source now, until
@@ -124,8 +135,7 @@ impl Ingest {
                 .filter(|&i| due[i].is_some_and(|t| t <= now))
                 .collect();
             if !ready.is_empty() {
-                let passes = ready.iter().map(|&i| self.crawl(&self.sources[i]));
-                let reports = futures::future::join_all(passes).await;
+                let reports = self.pass(ready.iter().map(|&i| &self.sources[i])).await;
                 let ended = Utc::now();
                 for (&i, report) in ready.iter().zip(&reports) {
                     on_pass(report);
@@ -187,9 +197,4 @@ pub fn summary(reports: &[SourceReport]) -> String {
         "total", total.new, total.changed, total.unchanged, total.deleted, total.failed
     ));
     text
-}
-
-/// Where the crawl state of a data folder is.
-pub fn state_dir(data_dir: &Path) -> std::path::PathBuf {
-    data_dir.join("ingest")
 }

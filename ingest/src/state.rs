@@ -174,17 +174,6 @@ impl CrawlState {
             .map(|_| ())
         })
     }
-
-    /// How many live documents each source has.
-    pub fn counts(&self) -> Result<Vec<(String, u64)>> {
-        self.with(|c| {
-            let mut statement = c.prepare(
-                "SELECT source, COUNT(*) FROM documents WHERE deleted = 0 GROUP BY source ORDER BY source",
-            )?;
-            let rows = statement.query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))?;
-            rows.collect()
-        })
-    }
 }
 
 const COLUMNS: &str =
