@@ -4,8 +4,8 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 use twin_eventlog::{publish, EmbeddedLog, EventLog};
-use twin_ingest::testkit::{FixtureServer, Route};
 use twin_schemas::{DocumentDeleted, DocumentKind, Event};
+use twin_testkit::{FixtureServer, Route};
 
 /// Run `twin` in `dir` with a clean `TWIN_*` environment plus `env`.
 fn twin(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
@@ -52,7 +52,7 @@ fn roles_not_built_yet_say_so_and_fail() {
 /// A twin.toml crawling `urls` as web articles, impatiently, without a metrics port.
 fn crawl_config(dir: &Path, urls: &[String], schedule: &str) {
     let mut text = format!(
-        "[metrics]\nlisten = \"\"\n[author]\nid = \"paul\"\nfull_name = \"Paul Iusztin\"\n\
+        "[metrics]\nstream = \"\"\ningest = \"\"\n[author]\nid = \"paul\"\nfull_name = \"Paul Iusztin\"\n\
          [ingest]\nschedule = \"{schedule}\"\n[ingest.http]\nrequests_per_second = 0.0\n\
          retries = 1\nbackoff_ms = 10\ntimeout_secs = 2.0\n"
     );
@@ -388,4 +388,61 @@ fn a_model_folder_without_weights_is_reported() {
         "{}",
         stderr(&out)
     );
+}
+
+#[test]
+fn a_second_process_on_an_embedded_vector_store_is_refused_with_a_clear_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let env_less = |cmd: &mut Command| {
+        cmd.current_dir(dir.path()).env("RUST_LOG", "warn");
+        for (key, _) in std::env::vars() {
+            if key.starts_with("TWIN_") {
+                cmd.env_remove(key);
+            }
+        }
+        cmd.env("TWIN_METRICS__STREAM", "");
+    };
+    // The first worker streams until stopped.
+    let mut first = Command::new(env!("CARGO_BIN_EXE_twin"));
+    env_less(&mut first);
+    let mut first = first
+        .args(["stream"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("first worker");
+    let lock = dir.path().join(".twin/vectors/.lock");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while std::fs::read_to_string(&lock).ok().as_deref() != Some(&first.id().to_string()) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the first worker never opened its store"
+        );
+        if let Ok(Some(status)) = first.try_wait() {
+            panic!("the first worker stopped: {status}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    // A second one on the same data folder (another group, so the log lets it in) is refused.
+    let out = twin(
+        dir.path(),
+        &["stream", "--once", "--group", "second"],
+        &[("TWIN_METRICS__STREAM", "")],
+    );
+    let _ = Command::new("kill").arg(first.id().to_string()).status();
+    let _ = first.wait();
+    assert!(!out.status.success(), "the second worker ran");
+    let message = stderr(&out);
+    assert!(message.contains("in use by another process"), "{message}");
+    assert!(
+        message.contains(&format!("pid {}", first.id())),
+        "names the holder: {message}"
+    );
+    // Once the first is gone, the store opens again.
+    let out = twin(
+        dir.path(),
+        &["stream", "--once"],
+        &[("TWIN_METRICS__STREAM", "")],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
 }

@@ -6,8 +6,10 @@
 //!    (`TWIN_LOG__BACKEND=kafka`, `TWIN_LOG__KAFKA__BROKERS=host:9092`).
 //!
 //! Modules: [`model`] holds the configuration types; [`secrets`] decides what is a secret and
-//! masks it wherever configuration is shown or logged.
+//! masks it wherever configuration is shown or logged; [`layout`] names where each embedded
+//! backend keeps its files under the data folder.
 
+pub mod layout;
 pub mod model;
 pub mod secrets;
 
@@ -16,11 +18,12 @@ use std::path::{Path, PathBuf};
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 
+pub use layout::DataLayout;
 pub use model::{
     AuthorConfig, ChunkRule, ChunkingConfig, ClickHouseConfig, EmbeddedLogConfig, EmbeddingConfig,
     GithubConfig, HttpConfig, IngestConfig, KafkaConfig, LogBackend, LogConfig, MetricsConfig,
-    QdrantConfig, SourceConfig, TopicNames, TwinConfig, VectorStoreBackend, VectorStoreConfig,
-    WarehouseBackend, WarehouseConfig,
+    QdrantConfig, SourceConfig, StreamConfig, TemplateConfig, TopicNames, TwinConfig,
+    VectorStoreBackend, VectorStoreConfig, WarehouseBackend, WarehouseConfig,
 };
 
 /// The file read when none is named.

@@ -22,6 +22,8 @@ pub struct TwinConfig {
     pub embedding: EmbeddingConfig,
     /// How documents are cut into chunks, per kind.
     pub chunking: ChunkingConfig,
+    /// How the stream worker runs: batches, retries of failed writes, template detection.
+    pub stream: StreamConfig,
     /// The warehouse: raw, cleaned and chunked documents.
     pub warehouse: WarehouseConfig,
     /// The vector store: embedded chunks for retrieval.
@@ -42,6 +44,7 @@ impl Default for TwinConfig {
             topics: TopicNames::default(),
             embedding: EmbeddingConfig::default(),
             chunking: ChunkingConfig::default(),
+            stream: StreamConfig::default(),
             warehouse: WarehouseConfig::default(),
             vectors: VectorStoreConfig::default(),
             metrics: MetricsConfig::default(),
@@ -263,6 +266,9 @@ pub struct ChunkingConfig {
     pub post: ChunkRule,
     /// Repositories: code, cut between lines, never overlapping.
     pub repository: ChunkRule,
+    /// Larger documents (text bytes) are refused by the chunk stage and dead-lettered, so that
+    /// one pathological document cannot exhaust the worker's memory.
+    pub max_document_bytes: usize,
 }
 
 impl Default for ChunkingConfig {
@@ -280,6 +286,7 @@ impl Default for ChunkingConfig {
                 max_tokens: 254,
                 overlap_tokens: 0,
             },
+            max_document_bytes: 32 << 20,
         }
     }
 }
@@ -421,18 +428,79 @@ impl fmt::Debug for QdrantConfig {
     }
 }
 
-/// Prometheus metrics.
+/// The stream worker.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StreamConfig {
+    /// Most events handled per batch.
+    pub batch_size: usize,
+    /// Tries of a batch's writes (sinks and topics) when they fail in a way a retry can help (a
+    /// server unreachable or overloaded), before the worker stops.
+    pub write_attempts: u32,
+    /// Wait before the second try, in milliseconds; doubled for each further try, up to 10 s.
+    pub write_backoff_ms: u64,
+    /// Detection of a source's page template, dropped by the clean stage.
+    pub templates: TemplateConfig,
+}
+
+impl Default for StreamConfig {
+    fn default() -> Self {
+        Self {
+            batch_size: 64,
+            write_attempts: 6,
+            write_backoff_ms: 200,
+            templates: TemplateConfig::default(),
+        }
+    }
+}
+
+/// A block (a paragraph, heading, list item...) is part of a source's template, and dropped,
+/// when at least `min_documents` documents of the source hold it and they are at least
+/// `min_share` of the source's documents. A source is a platform and a host (a publication).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TemplateConfig {
+    /// Detect and drop templates.
+    pub enabled: bool,
+    /// Fewest documents of a source holding a block for it to be template.
+    pub min_documents: usize,
+    /// Smallest share of the source's documents holding a block for it to be template: high,
+    /// so that an author's habits (a sign-off in half the posts, a "Conclusion" heading) stay.
+    pub min_share: f64,
+    /// Longer blocks are never template (chrome is short; the author's paragraphs are not).
+    pub max_block_chars: usize,
+}
+
+impl Default for TemplateConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            min_documents: 5,
+            min_share: 0.8,
+            max_block_chars: 300,
+        }
+    }
+}
+
+/// Prometheus metrics: each long-running role serves `/metrics` on its own address, so that
+/// several roles on one machine all export. An empty address turns a role's metrics off.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct MetricsConfig {
-    /// Address `twin stream` serves `/metrics` on for Prometheus; empty turns it off.
-    pub listen: String,
+    /// Where `twin stream` serves `/metrics`.
+    pub stream: String,
+    /// Where scheduled `twin ingest` serves `/metrics`.
+    pub ingest: String,
+    /// Where `twin serve` will serve `/metrics`.
+    pub serve: String,
 }
 
 impl Default for MetricsConfig {
     fn default() -> Self {
         Self {
-            listen: "127.0.0.1:9464".into(),
+            stream: "127.0.0.1:9464".into(),
+            ingest: "127.0.0.1:9465".into(),
+            serve: "127.0.0.1:9466".into(),
         }
     }
 }

@@ -8,16 +8,21 @@
 //! Chunks are ~256-token windows cut from the corpus (the `content.Content` fields of a JSON list
 //! of articles) or, without one, from built-in text. Also measured: the machine's fp32 GEMM peak
 //! (a 1024x1024x1024 MatMul on ONNX Runtime), to print each side's share of it.
+//!
+//! Then the latency of one-text queries (what retrieval sends) at concurrency 1, 4 and 16:
+//! p50 and p99 per query, with one session (every query waits for the one before) beside the
+//! worker pool (queries spread over every session), measured side by side.
 
 use std::path::PathBuf;
 use std::process::Command;
-use std::time::Instant;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use ort::session::Session;
 use ort::value::Tensor;
 use twin_embedding::model::{default_runtime_library, tool_cache};
-use twin_embedding::onnx::{Dim, GraphBuilder, FLOAT};
-use twin_embedding::{embedder, Embedder, EmbedderOptions, ModelFiles};
+use twin_embedding::{Embedder, EmbedderOptions, ModelFiles};
+use twin_onnx::proto::{Dim, GraphBuilder, FLOAT};
 
 const MODEL: &str = "sentence-transformers/all-MiniLM-L6-v2";
 const WINDOW: usize = 254; // 256 with [CLS] and [SEP]
@@ -169,7 +174,7 @@ fn main() {
         .expect("model (run scripts/setup.sh)");
     let work = tempfile::tempdir().expect("tempdir");
     let onnx = model.onnx(work.path()).expect("export");
-    let runtime = embedder::runtime(&default_runtime_library()).expect("onnx runtime");
+    let runtime = twin_onnx::environment(&default_runtime_library()).expect("onnx runtime");
     // The same cores as the baseline: `threads` in all, as workers of one thread each unless
     // --workers says otherwise.
     let workers = if args.workers == 0 {
@@ -278,4 +283,82 @@ fn main() {
         "fp32 GEMM peak (ONNX Runtime MatMul 1024^3, one single-threaded session per core, {} cores): {peak:.1} GFLOP/s",
         args.threads
     );
+
+    // Latency of one-text queries: one session against the pool, side by side.
+    eprintln!("query latency...");
+    let queries: Vec<String> = chunks
+        .iter()
+        .map(|c| c.split_whitespace().take(16).collect::<Vec<_>>().join(" "))
+        .collect();
+    let single = Arc::new(
+        Embedder::load(
+            runtime,
+            &model,
+            &onnx,
+            EmbedderOptions {
+                workers: 1,
+                intra_threads: 1,
+                ..options.clone()
+            },
+        )
+        .expect("load one session"),
+    );
+    let pool = Arc::new(embedder);
+    println!();
+    println!(
+        "one-text queries ({} words), latency in ms: one session vs the pool of {} worker(s)",
+        16,
+        pool.workers()
+    );
+    println!(
+        "{:>11} {:>12} {:>12} {:>10} {:>12} {:>12} {:>10}",
+        "concurrency", "1 session p50", "p99", "queries/s", "pool p50", "p99", "queries/s"
+    );
+    for concurrency in [1usize, 4, 16] {
+        let (one_p50, one_p99, one_rate) = query_latency(&single, &queries, concurrency);
+        let (pool_p50, pool_p99, pool_rate) = query_latency(&pool, &queries, concurrency);
+        println!(
+            "{concurrency:>11} {one_p50:>12.1} {one_p99:>12.1} {one_rate:>10.0} {pool_p50:>12.1} {pool_p99:>12.1} {pool_rate:>10.0}"
+        );
+    }
+}
+
+/// `concurrency` threads send one-text queries until 20 per thread (at least 200 in all) are
+/// answered: p50 and p99 latency in ms, and queries per second.
+fn query_latency(
+    embedder: &Arc<Embedder>,
+    queries: &[String],
+    concurrency: usize,
+) -> (f64, f64, f64) {
+    let per_thread = (200 / concurrency).max(20);
+    embedder.embed(&[queries[0].as_str()]).expect("warm-up");
+    let started = Instant::now();
+    let mut latencies: Vec<Duration> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..concurrency)
+            .map(|t| {
+                let embedder = embedder.clone();
+                scope.spawn(move || {
+                    (0..per_thread)
+                        .map(|i| {
+                            let query = &queries[(t * per_thread + i) % queries.len()];
+                            let start = Instant::now();
+                            embedder.embed(&[query.as_str()]).expect("query");
+                            start.elapsed()
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("query thread"))
+            .collect()
+    });
+    let elapsed = started.elapsed().as_secs_f64();
+    latencies.sort();
+    let at = |q: f64| {
+        let i = ((latencies.len() as f64 * q).ceil() as usize).clamp(1, latencies.len()) - 1;
+        latencies[i].as_secs_f64() * 1000.0
+    };
+    (at(0.50), at(0.99), latencies.len() as f64 / elapsed)
 }

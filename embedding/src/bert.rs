@@ -12,8 +12,8 @@ use std::path::Path;
 use safetensors::{Dtype, SafeTensors};
 use serde::Deserialize;
 
-use crate::onnx::{attr_float, attr_int, attr_ints, Dim, GraphBuilder, FLOAT, INT64};
 use crate::EmbeddingError;
+use twin_onnx::proto::{attr_float, attr_int, attr_ints, Dim, GraphBuilder, FLOAT, INT64};
 
 /// ONNX opset of the exported graph (17 brings `LayerNormalization`).
 pub const OPSET: i64 = 17;

@@ -3,13 +3,21 @@
 //!
 //! Texts are sorted by token length and cut into batches that stay within a token budget
 //! (`max_batch_tokens`, counted after padding), so short texts are not padded to long ones and
-//! the attention matrices stay cache-sized. Inference is blocking: async callers use
-//! [`Embedder::embed_async`], which runs it on tokio's blocking pool.
+//! the attention matrices stay cache-sized.
+//!
+//! Inference runs on long-lived workers, one ONNX Runtime session and one thread each, fed by one
+//! bounded queue (as text-embeddings-inference does): a call tokenises and pads on its own
+//! thread, queues its batches, and waits for them; whichever worker is free takes the next batch.
+//! A large call spreads over every worker, and concurrent single-text calls (retrieval queries)
+//! run side by side instead of waiting for one session. A full queue makes callers wait
+//! (backpressure). Inference is blocking: async callers use [`Embedder::embed_async`], which runs
+//! it on tokio's blocking pool.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{mpsc, Arc};
+use std::thread::JoinHandle;
 
+use crossbeam_channel::{Receiver, Sender};
 use ort::environment::Environment;
 use ort::session::builder::GraphOptimizationLevel;
 use ort::session::Session;
@@ -46,29 +54,32 @@ impl Default for EmbedderOptions {
     }
 }
 
-/// ONNX Runtime, loaded once per process from its shared library.
-pub fn runtime(library: &Path) -> Result<&'static Environment, EmbeddingError> {
-    static ENVIRONMENT: OnceLock<Result<Environment, String>> = OnceLock::new();
-    ENVIRONMENT
-        .get_or_init(|| {
-            let builder = ort::init_from(library).map_err(|e| {
-                format!(
-                    "cannot load ONNX Runtime from {}: {e} (scripts/setup.sh installs it)",
-                    library.display()
-                )
-            })?;
-            builder.with_name("twin").build().map_err(|e| e.to_string())
-        })
-        .as_ref()
-        .map_err(|e| EmbeddingError::Runtime(e.clone()))
+/// Batches waiting per worker before callers wait: enough to keep every worker busy.
+const QUEUED_PER_WORKER: usize = 4;
+
+/// One padded batch, ready for the encoder.
+struct Padded {
+    rows: usize,
+    width: usize,
+    ids: Vec<i64>,
+    mask: Vec<i64>,
+    types: Vec<i64>,
 }
 
-/// A batch's index and its pooled embeddings, row after row.
-type PooledBatch = (usize, Vec<f32>);
+/// A batch's index in its call, and its pooled embeddings row after row.
+type Pooled = (usize, Result<Vec<f32>, EmbeddingError>);
+
+/// A batch for a worker, and where its result goes.
+struct Job {
+    index: usize,
+    batch: Padded,
+    reply: mpsc::Sender<Pooled>,
+}
 
 /// A loaded embedding model.
 pub struct Embedder {
-    sessions: Vec<Mutex<Session>>,
+    queue: Option<Sender<Job>>,
+    workers: Vec<JoinHandle<()>>,
     tokenizer: Tokenizer,
     model_id: String,
     dimension: usize,
@@ -76,7 +87,8 @@ pub struct Embedder {
 }
 
 impl Embedder {
-    /// Load the tokenizer of `model` and the ONNX file `onnx` on the runtime `environment`.
+    /// Load the tokenizer of `model` and the ONNX file `onnx` on the runtime `environment`, and
+    /// start the workers.
     pub fn load(
         environment: &Environment,
         model: &ModelFiles,
@@ -100,11 +112,11 @@ impl Embedder {
         for _ in 0..options.workers.max(1) {
             let mut builder = Session::builder(environment)?
                 .with_optimization_level(GraphOptimizationLevel::Level3)
-                .map_err(|e| EmbeddingError::Runtime(e.to_string()))?;
+                .map_err(|e| EmbeddingError::Runtime(e.into()))?;
             if options.intra_threads > 0 {
                 builder = builder
                     .with_intra_threads(options.intra_threads)
-                    .map_err(|e| EmbeddingError::Runtime(e.to_string()))?;
+                    .map_err(|e| EmbeddingError::Runtime(e.into()))?;
             }
             sessions.push(builder.commit_from_file(onnx)?);
         }
@@ -118,8 +130,19 @@ impl Embedder {
                 path: onnx.to_path_buf(),
                 reason: "the model's output has no fixed hidden size".into(),
             })?;
+        let (queue, jobs) = crossbeam_channel::bounded(sessions.len() * QUEUED_PER_WORKER);
+        let mut workers = Vec::new();
+        for (n, session) in sessions.into_iter().enumerate() {
+            let jobs = jobs.clone();
+            let worker = std::thread::Builder::new()
+                .name(format!("twin-embed-{n}"))
+                .spawn(move || work(session, jobs, dimension))
+                .map_err(|e| EmbeddingError::Worker(format!("cannot start a worker: {e}")))?;
+            workers.push(worker);
+        }
         Ok(Self {
-            sessions: sessions.into_iter().map(Mutex::new).collect(),
+            queue: Some(queue),
+            workers,
             tokenizer,
             model_id: model.id.clone(),
             dimension,
@@ -135,6 +158,11 @@ impl Embedder {
     /// Length of every embedding.
     pub fn dimension(&self) -> usize {
         self.dimension
+    }
+
+    /// Concurrent inference workers.
+    pub fn workers(&self) -> usize {
+        self.workers.len()
     }
 
     /// The tokenizer, truncating to the model's window (for chunking by tokens).
@@ -158,89 +186,33 @@ impl Embedder {
             |i| encodings[i].get_ids().len().max(1),
             &self.options,
         );
-        let next = AtomicUsize::new(0);
-        // Each worker takes the next batch until none is left; results keep their batch index.
-        let work = |session: &Mutex<Session>| -> Result<Vec<PooledBatch>, EmbeddingError> {
-            let mut session = session.lock().unwrap_or_else(|p| p.into_inner());
-            let mut done = Vec::new();
-            loop {
-                let b = next.fetch_add(1, Ordering::Relaxed);
-                let Some(batch) = batches.get(b) else { break };
-                done.push((b, self.run_batch(&mut session, batch, &encodings)?));
-            }
-            Ok(done)
-        };
-        let results: Vec<Result<Vec<PooledBatch>, EmbeddingError>> =
-            if self.sessions.len() == 1 || batches.len() == 1 {
-                vec![work(&self.sessions[0])]
-            } else {
-                std::thread::scope(|scope| {
-                    let handles: Vec<_> = self
-                        .sessions
-                        .iter()
-                        .map(|s| scope.spawn(|| work(s)))
-                        .collect();
-                    handles
-                        .into_iter()
-                        .map(|h| {
-                            h.join().unwrap_or_else(|_| {
-                                Err(EmbeddingError::Runtime(
-                                    "an embedding worker panicked".into(),
-                                ))
-                            })
-                        })
-                        .collect()
-                })
+        let queue = self
+            .queue
+            .as_ref()
+            .ok_or_else(|| EmbeddingError::Worker("the embedder is shut down".into()))?;
+        let (reply, results) = mpsc::channel();
+        for (index, batch) in batches.iter().enumerate() {
+            let job = Job {
+                index,
+                batch: pad(batch, &encodings),
+                reply: reply.clone(),
             };
+            queue
+                .send(job)
+                .map_err(|_| EmbeddingError::Worker("every worker has stopped".into()))?;
+        }
+        drop(reply);
         let mut out = vec![Vec::new(); texts.len()];
-        for result in results {
-            for (b, pooled) in result? {
-                for (r, &i) in batches[b].iter().enumerate() {
-                    out[i] = pooled[r * self.dimension..(r + 1) * self.dimension].to_vec();
-                }
+        for _ in 0..batches.len() {
+            let (index, pooled) = results
+                .recv()
+                .map_err(|_| EmbeddingError::Worker("a worker stopped mid-batch".into()))?;
+            let pooled = pooled?;
+            for (r, &i) in batches[index].iter().enumerate() {
+                out[i] = pooled[r * self.dimension..(r + 1) * self.dimension].to_vec();
             }
         }
         Ok(out)
-    }
-
-    /// Run one batch: pad to its longest text, run the encoder, pool.
-    fn run_batch(
-        &self,
-        session: &mut Session,
-        batch: &[usize],
-        encodings: &[tokenizers::Encoding],
-    ) -> Result<Vec<f32>, EmbeddingError> {
-        let width = batch
-            .iter()
-            .map(|&i| encodings[i].get_ids().len().max(1))
-            .max()
-            .unwrap_or(1);
-        let rows = batch.len();
-        let mut ids = vec![0i64; rows * width];
-        let mut mask = vec![0i64; rows * width];
-        let mut types = vec![0i64; rows * width];
-        for (r, &i) in batch.iter().enumerate() {
-            let e = &encodings[i];
-            for (c, ((&id, &m), &t)) in e
-                .get_ids()
-                .iter()
-                .zip(e.get_attention_mask())
-                .zip(e.get_type_ids())
-                .enumerate()
-            {
-                ids[r * width + c] = i64::from(id);
-                mask[r * width + c] = i64::from(m);
-                types[r * width + c] = i64::from(t);
-            }
-        }
-        let shape = [rows as i64, width as i64];
-        let outputs = session.run(ort::inputs![
-            "input_ids" => Tensor::from_array((shape, ids))?,
-            "attention_mask" => Tensor::from_array((shape, mask.clone()))?,
-            "token_type_ids" => Tensor::from_array((shape, types))?,
-        ])?;
-        let (_, hidden) = outputs[0].try_extract_tensor::<f32>()?;
-        Ok(mean_pool(hidden, &mask, rows, width, self.dimension))
     }
 
     /// [`Embedder::embed`] on tokio's blocking pool, off the async runtime's threads.
@@ -254,8 +226,84 @@ impl Embedder {
             this.embed(&refs)
         })
         .await
-        .map_err(|e| EmbeddingError::Runtime(format!("embedding task failed: {e}")))?
+        .map_err(|e| EmbeddingError::Worker(format!("embedding task failed: {e}")))?
     }
+}
+
+impl Drop for Embedder {
+    fn drop(&mut self) {
+        // Closing the queue ends every worker once it has finished its batch.
+        self.queue.take();
+        for worker in self.workers.drain(..) {
+            let _ = worker.join();
+        }
+    }
+}
+
+/// A worker: run batches from the queue on its session until the queue closes.
+fn work(mut session: Session, jobs: Receiver<Job>, dimension: usize) {
+    for job in jobs.iter() {
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            run_batch(&mut session, &job.batch, dimension)
+        }))
+        .unwrap_or_else(|_| Err(EmbeddingError::Worker("a batch panicked".into())));
+        // The caller may have gone (an error in another batch): nothing to do then.
+        let _ = job.reply.send((job.index, result));
+    }
+}
+
+/// Pad a batch's encodings to its longest text.
+fn pad(batch: &[usize], encodings: &[tokenizers::Encoding]) -> Padded {
+    let width = batch
+        .iter()
+        .map(|&i| encodings[i].get_ids().len().max(1))
+        .max()
+        .unwrap_or(1);
+    let rows = batch.len();
+    let mut padded = Padded {
+        rows,
+        width,
+        ids: vec![0i64; rows * width],
+        mask: vec![0i64; rows * width],
+        types: vec![0i64; rows * width],
+    };
+    for (r, &i) in batch.iter().enumerate() {
+        let e = &encodings[i];
+        for (c, ((&id, &m), &t)) in e
+            .get_ids()
+            .iter()
+            .zip(e.get_attention_mask())
+            .zip(e.get_type_ids())
+            .enumerate()
+        {
+            padded.ids[r * width + c] = i64::from(id);
+            padded.mask[r * width + c] = i64::from(m);
+            padded.types[r * width + c] = i64::from(t);
+        }
+    }
+    padded
+}
+
+/// Run one padded batch through the encoder and pool it.
+fn run_batch(
+    session: &mut Session,
+    batch: &Padded,
+    dimension: usize,
+) -> Result<Vec<f32>, EmbeddingError> {
+    let shape = [batch.rows as i64, batch.width as i64];
+    let outputs = session.run(ort::inputs![
+        "input_ids" => Tensor::from_array((shape, batch.ids.clone()))?,
+        "attention_mask" => Tensor::from_array((shape, batch.mask.clone()))?,
+        "token_type_ids" => Tensor::from_array((shape, batch.types.clone()))?,
+    ])?;
+    let (_, hidden) = outputs[0].try_extract_tensor::<f32>()?;
+    Ok(mean_pool(
+        hidden,
+        &batch.mask,
+        batch.rows,
+        batch.width,
+        dimension,
+    ))
 }
 
 /// Cut `order` (sorted longest first) into batches within the token budget.

@@ -2,8 +2,8 @@
 //!
 //! - [`model`]: where a model's files come from: a configured folder, the local caches, or a
 //!   Hugging Face Hub endpoint ([`model::pull`]); and its ONNX file, exported on first use.
-//! - [`bert`]: export of a BERT encoder checkpoint (safetensors) to an ONNX graph.
-//! - [`onnx`]: the ONNX protobuf messages and a graph builder.
+//! - [`bert`]: export of a BERT encoder checkpoint (safetensors) to an ONNX graph (written with
+//!   `twin-onnx`'s graph builder).
 //! - [`embedder`]: tokenisation, batching by token budget, ONNX Runtime, mean pooling and L2
 //!   normalisation, as sentence-transformers computes them.
 //!
@@ -12,7 +12,6 @@
 pub mod bert;
 pub mod embedder;
 pub mod model;
-pub mod onnx;
 
 use std::path::{Path, PathBuf};
 
@@ -48,9 +47,15 @@ pub enum EmbeddingError {
         /// Why it failed.
         reason: String,
     },
-    /// ONNX Runtime could not be loaded, or refused the model or an input.
+    /// ONNX Runtime could not be loaded.
+    #[error(transparent)]
+    Load(#[from] twin_onnx::OnnxError),
+    /// ONNX Runtime refused the model or an input.
     #[error("onnx runtime: {0}")]
-    Runtime(String),
+    Runtime(#[from] ort::Error),
+    /// An embedding worker stopped (it panicked, or the embedder is shutting down).
+    #[error("embedding worker: {0}")]
+    Worker(String),
     /// The tokenizer failed.
     #[error("tokenizer: {0}")]
     Tokenizer(String),
@@ -65,26 +70,20 @@ impl EmbeddingError {
     }
 }
 
-impl From<ort::Error> for EmbeddingError {
-    fn from(e: ort::Error) -> Self {
-        EmbeddingError::Runtime(e.to_string())
-    }
-}
-
 /// The configured model, ready to embed: found locally or pulled from the hub on first use,
 /// exported to ONNX under `data_dir/models` if needed, and loaded on ONNX Runtime.
 pub async fn open(config: &EmbeddingConfig, data_dir: &Path) -> Result<Embedder, EmbeddingError> {
     let files = model_files(config, data_dir).await?;
-    let models = data_dir.join("models");
+    let models = twin_config::DataLayout::new(data_dir).models();
     let export_files = files.clone();
     let onnx = tokio::task::spawn_blocking(move || export_files.onnx(&models))
         .await
-        .map_err(|e| EmbeddingError::Runtime(format!("export task failed: {e}")))??;
+        .map_err(|e| EmbeddingError::Worker(format!("export task failed: {e}")))??;
     let library = config
         .onnxruntime_library
         .clone()
         .unwrap_or_else(model::default_runtime_library);
-    let runtime = embedder::runtime(&library)?;
+    let runtime = twin_onnx::environment(&library)?;
     let workers = match config.workers {
         0 => std::thread::available_parallelism()
             .map(|n| n.get())
@@ -100,7 +99,7 @@ pub async fn open(config: &EmbeddingConfig, data_dir: &Path) -> Result<Embedder,
     };
     tokio::task::spawn_blocking(move || Embedder::load(runtime, &files, &onnx, options))
         .await
-        .map_err(|e| EmbeddingError::Runtime(format!("load task failed: {e}")))?
+        .map_err(|e| EmbeddingError::Worker(format!("load task failed: {e}")))?
 }
 
 /// The configured model's files: where the configuration says, else found locally, else pulled
@@ -126,7 +125,9 @@ pub async fn pull_configured(
         &config.hub_endpoint,
         &config.model,
         &config.revision,
-        &data_dir.join("models").join(&config.model),
+        &twin_config::DataLayout::new(data_dir)
+            .models()
+            .join(&config.model),
         token.as_deref(),
     )
     .await

@@ -61,7 +61,7 @@ impl ModelFiles {
             return Self::at(id, dir).map(Some);
         }
         let candidates = [
-            Some(data_dir.join("models").join(id)),
+            Some(twin_config::DataLayout::new(data_dir).models().join(id)),
             tool_cache().map(|c| c.join("models").join(id)),
         ];
         Ok(candidates
@@ -90,29 +90,7 @@ impl ModelFiles {
     }
 }
 
-/// Version of ONNX Runtime the setup script installs.
-pub const ONNXRUNTIME_VERSION: &str = "1.32.0";
-
-/// ONNX Runtime's shared library: `ORT_DYLIB_PATH`, else the one the setup script installs in
-/// the tool cache.
-pub fn default_runtime_library() -> PathBuf {
-    std::env::var_os("ORT_DYLIB_PATH")
-        .map(PathBuf::from)
-        .or_else(|| {
-            tool_cache().map(|c| {
-                c.join("onnxruntime")
-                    .join(format!("libonnxruntime.so.{ONNXRUNTIME_VERSION}"))
-            })
-        })
-        .unwrap_or_else(|| PathBuf::from(format!("libonnxruntime.so.{ONNXRUNTIME_VERSION}")))
-}
-
-/// The tool cache the setup script installs into: `$LLM_TWIN_CACHE`, else `~/.cache/twin`.
-pub fn tool_cache() -> Option<PathBuf> {
-    std::env::var_os("LLM_TWIN_CACHE")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/twin")))
-}
+pub use twin_onnx::{default_library as default_runtime_library, tool_cache, ONNXRUNTIME_VERSION};
 
 /// Download model `id` at `revision` from a Hugging Face Hub `endpoint` into `dest`.
 ///

@@ -9,7 +9,7 @@ use std::sync::OnceLock;
 
 use serde::Deserialize;
 use twin_embedding::model::{default_runtime_library, tool_cache};
-use twin_embedding::{embedder, Embedder, EmbedderOptions, ModelFiles};
+use twin_embedding::{Embedder, EmbedderOptions, ModelFiles};
 
 const MODEL: &str = "sentence-transformers/all-MiniLM-L6-v2";
 
@@ -49,7 +49,7 @@ fn embedder() -> &'static Embedder {
             let dir = tempfile::tempdir().expect("tempdir");
             let model = model();
             let onnx = model.onnx(dir.path()).expect("export");
-            let runtime = embedder::runtime(&default_runtime_library()).expect("onnx runtime");
+            let runtime = twin_onnx::environment(&default_runtime_library()).expect("onnx runtime");
             let options = EmbedderOptions {
                 max_batch_tokens: 1024,
                 ..Default::default()
@@ -134,7 +134,7 @@ fn concurrent_workers_give_the_same_embeddings_in_the_same_order() {
     let model = model();
     let dir = tempfile::tempdir().expect("tempdir");
     let onnx = model.onnx(dir.path()).expect("export");
-    let runtime = embedder::runtime(&default_runtime_library()).expect("onnx runtime");
+    let runtime = twin_onnx::environment(&default_runtime_library()).expect("onnx runtime");
     let options = EmbedderOptions {
         workers: 2,
         intra_threads: 1,
@@ -147,4 +147,38 @@ fn concurrent_workers_give_the_same_embeddings_in_the_same_order() {
     for (case, vector) in reference.cases.iter().zip(&ours) {
         assert!(cosine(vector, &case.embedding) >= 0.9999, "{:?}", case.text);
     }
+}
+
+#[test]
+fn concurrent_single_queries_are_served_side_by_side_and_answered_right() {
+    let reference = reference();
+    let model = model();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let onnx = model.onnx(dir.path()).expect("export");
+    let runtime = twin_onnx::environment(&default_runtime_library()).expect("onnx runtime");
+    let options = EmbedderOptions {
+        workers: 2,
+        intra_threads: 1,
+        ..Default::default()
+    };
+    let pool = std::sync::Arc::new(Embedder::load(runtime, &model, &onnx, options).expect("load"));
+    assert_eq!(pool.workers(), 2);
+    // Sixteen callers, one text each at a time, many times over: every answer is its own text's.
+    std::thread::scope(|scope| {
+        for caller in 0..16 {
+            let pool = pool.clone();
+            let reference = &reference;
+            scope.spawn(move || {
+                for round in 0..4 {
+                    let case = &reference.cases[(caller + round) % reference.cases.len()];
+                    let vector = pool.embed(&[case.text.as_str()]).expect("query").remove(0);
+                    assert!(
+                        cosine(&vector, &case.embedding) >= 0.9999,
+                        "caller {caller} got another text's vector for {:?}",
+                        case.text
+                    );
+                }
+            });
+        }
+    });
 }

@@ -85,7 +85,7 @@ fn main() {
     let dir = tempfile::tempdir().expect("tempdir");
     let embedded: Arc<dyn EventLog> =
         Arc::new(EmbeddedLog::open(dir.path(), PARTITIONS, false).expect("embedded log"));
-    let broker = twin_eventlog::testkit::tansu().unwrap_or_else(|e| panic!("{e}"));
+    let broker = twin_testkit::tansu::tansu().unwrap_or_else(|e| panic!("{e}"));
     let kafka: Arc<dyn EventLog> = Arc::new(
         KafkaLog::new(
             &KafkaConfig {

@@ -665,6 +665,18 @@ impl LogConsumer for EmbeddedConsumer {
             });
         }
         self.committed[p] = position.offset + 1;
+        self.write_offsets()
+    }
+
+    async fn rewind(&mut self) -> Result<()> {
+        self.committed.iter_mut().for_each(|o| *o = 0);
+        self.write_offsets()
+    }
+}
+
+impl EmbeddedConsumer {
+    /// Write the committed offsets.
+    fn write_offsets(&self) -> Result<()> {
         let mut text = String::new();
         for (p, o) in self.committed.iter().enumerate() {
             text.push_str(&format!("{p} {o}\n"));

@@ -57,6 +57,8 @@ pub struct Delivery {
     pub key: Vec<u8>,
     /// When it was appended, in milliseconds since the Unix epoch.
     pub timestamp_ms: i64,
+    /// The record's bytes as read (for a dead-letter topic, whatever goes wrong later).
+    pub payload: Vec<u8>,
     /// The event, or why there is none.
     pub event: std::result::Result<Event, BadEvent>,
 }
@@ -94,6 +96,7 @@ impl EventConsumer {
                     position: Position { partition, offset },
                     key: Vec::new(),
                     timestamp_ms: 0,
+                    payload: bytes.clone(),
                     event: Err(BadEvent {
                         topic,
                         position: Position { partition, offset },
@@ -120,6 +123,7 @@ impl EventConsumer {
             position: record.position,
             key: record.key,
             timestamp_ms: record.timestamp_ms,
+            payload: record.payload,
             event,
         }))
     }
@@ -127,5 +131,10 @@ impl EventConsumer {
     /// Mark a delivery (and everything before it in its partition) as handled.
     pub async fn commit(&mut self, position: Position) -> Result<()> {
         self.inner.commit(position).await
+    }
+
+    /// Move the group's committed offsets back to the beginning (see [`LogConsumer::rewind`]).
+    pub async fn rewind(&mut self) -> Result<()> {
+        self.inner.rewind().await
     }
 }

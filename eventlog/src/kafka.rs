@@ -285,6 +285,7 @@ impl EventLog for KafkaLog {
         Ok(Box::new(KafkaConsumer {
             inner: Arc::new(consumer),
             topic: topic.to_string(),
+            partitions,
         }))
     }
 }
@@ -293,6 +294,8 @@ impl EventLog for KafkaLog {
 struct KafkaConsumer {
     inner: Arc<StreamConsumer>,
     topic: String,
+    /// The topic's partition count (for a rewind).
+    partitions: u32,
 }
 
 #[async_trait]
@@ -331,6 +334,22 @@ impl LogConsumer for KafkaConsumer {
         tokio::task::spawn_blocking(move || inner.commit(&offsets, CommitMode::Sync))
             .await
             .map_err(|e| join_err("commit", e))?
+            .map_err(kafka_err(context))
+    }
+
+    async fn rewind(&mut self) -> Result<()> {
+        let partitions = self.partitions;
+        let mut offsets = TopicPartitionList::new();
+        for p in 0..partitions as i32 {
+            offsets
+                .add_partition_offset(&self.topic, p, Offset::Offset(0))
+                .map_err(kafka_err("rewind"))?;
+        }
+        let inner = self.inner.clone();
+        let context = format!("rewind {} to the beginning", self.topic);
+        tokio::task::spawn_blocking(move || inner.commit(&offsets, CommitMode::Sync))
+            .await
+            .map_err(|e| join_err("rewind", e))?
             .map_err(kafka_err(context))
     }
 }

@@ -7,14 +7,12 @@
 //! - [`kafka`]: Kafka (or any Kafka-protocol broker) through rdkafka.
 //! - [`events`]: typed publishing and consuming of the Avro [`Event`](twin_schemas::Event)s;
 //!   undecodable records are reported with topic, partition and offset, and consuming goes on.
-//! - [`testkit`]: starts a real Tansu broker for tests and benchmarks.
 //!
 //! [`open`] picks the implementation from the configuration.
 
 pub mod embedded;
 pub mod events;
 pub mod kafka;
-pub mod testkit;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -112,14 +110,9 @@ impl LogError {
 /// Result of log operations.
 pub type Result<T, E = LogError> = std::result::Result<T, E>;
 
-/// Where a record is: its partition and offset within the topic.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Position {
-    /// Partition index.
-    pub partition: u32,
-    /// Offset within the partition.
-    pub offset: u64,
-}
+/// Where a record is: its partition and offset within the topic (the type lives with the
+/// other identities in `twin-schemas`, so that projections name positions without the log).
+pub use twin_schemas::Position;
 
 /// A record read from the log.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -193,13 +186,18 @@ pub trait LogConsumer: Send {
     /// Mark every record of `position.partition` up to and including `position.offset` as
     /// handled. After a crash, the group resumes right after the last committed position.
     async fn commit(&mut self, position: Position) -> Result<()>;
+
+    /// Durably forget what the group handled on this topic: its committed offsets go back to the
+    /// beginning of every partition, so that a member started later (after a crash, say)
+    /// replays the whole topic. A rebuild does this before it drops anything.
+    async fn rewind(&mut self) -> Result<()>;
 }
 
 /// Open the log the configuration names.
 pub fn open(config: &TwinConfig) -> Result<Arc<dyn EventLog>> {
     Ok(match config.log.backend {
         LogBackend::Embedded => Arc::new(EmbeddedLog::open(
-            config.data_dir.join("log"),
+            config.layout().log(),
             config.log.partitions,
             config.log.embedded.fsync,
         )?),

@@ -1,5 +1,5 @@
 //! The event log contract: one suite, run against the embedded log and against a real
-//! Kafka-protocol broker (Tansu, started by `twin_eventlog::testkit`).
+//! Kafka-protocol broker (Tansu, started by `twin_testkit::tansu`).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -13,6 +13,7 @@ use twin_eventlog::{
     Record, StartFrom,
 };
 use twin_schemas::{DocumentDeleted, DocumentKind, Event};
+use twin_testkit::Backend;
 
 const PARTITIONS: u32 = 3;
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -28,30 +29,23 @@ fn unique(prefix: &str) -> String {
     )
 }
 
-struct Backend {
-    log: Arc<dyn EventLog>,
-    _dir: Option<tempfile::TempDir>,
-}
+type Handle = Arc<dyn EventLog>;
 
-fn embedded() -> Backend {
+async fn embedded() -> Option<Backend<Handle>> {
     let dir = tempfile::tempdir().expect("tempdir");
     let log = EmbeddedLog::open(dir.path().join("log"), PARTITIONS, false).expect("open");
-    Backend {
-        log: Arc::new(log),
-        _dir: Some(dir),
-    }
+    Some(Backend::with_guard(Arc::new(log), dir))
 }
 
-fn kafka() -> Backend {
-    let broker = twin_eventlog::testkit::tansu().unwrap_or_else(|e| panic!("{e}"));
+async fn kafka() -> Option<Backend<Handle>> {
+    let broker = twin_testkit::tansu::tansu().unwrap_or_else(|e| panic!("{e}"));
     let config = KafkaConfig {
         brokers: broker.brokers.clone(),
         ..KafkaConfig::default()
     };
-    Backend {
-        log: Arc::new(KafkaLog::new(&config, PARTITIONS).expect("kafka client")),
-        _dir: None,
-    }
+    Some(Backend::new(Arc::new(
+        KafkaLog::new(&config, PARTITIONS).expect("kafka client"),
+    )))
 }
 
 /// Read exactly `n` records, failing after the deadline.
@@ -387,33 +381,40 @@ async fn a_corrupt_event_is_reported_and_the_consumer_goes_on(log: Arc<dyn Event
     );
 }
 
-macro_rules! contract_suite {
-    ($backend:ident: $($test:ident),* $(,)?) => {
-        mod $backend {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $test() {
-                    let backend = super::$backend();
-                    super::$test(backend.log.clone()).await;
-                }
-            )*
-        }
-    };
+async fn a_rewound_group_replays_the_topic_after_a_restart(log: Handle) {
+    let topic = unique("rewind");
+    let group = unique("rewind-group");
+    let events: Vec<Event> = (0..6).map(|i| tombstone(&format!("doc-{i}"))).collect();
+    publish(log.as_ref(), &topic, &events)
+        .await
+        .expect("publish");
+    let mut first = log
+        .consumer(&topic, &group, StartFrom::Committed)
+        .await
+        .expect("consumer");
+    for record in read_n(first.as_mut(), 6).await {
+        first.commit(record.position).await.expect("commit");
+    }
+    first.rewind().await.expect("rewind");
+    drop(first);
+    // A member started later (a restart) reads everything again from the committed offsets.
+    let mut again = log
+        .consumer(&topic, &group, StartFrom::Committed)
+        .await
+        .expect("consumer");
+    assert_eq!(read_n(again.as_mut(), 6).await.len(), 6);
+    assert_drained(again.as_mut()).await;
 }
 
-macro_rules! contract {
-    ($($test:ident),* $(,)?) => {
-        contract_suite!(embedded: $($test),*);
-        contract_suite!(kafka: $($test),*);
-    };
-}
-
-contract!(
-    topics_are_created_once_with_the_configured_partitions,
+twin_testkit::contract_suite! {
+    backends: [embedded, kafka],
+    tests: [topics_are_created_once_with_the_configured_partitions,
     appending_to_a_missing_topic_creates_it,
     per_key_order_holds_under_concurrent_producers,
     a_consumer_that_crashes_before_committing_sees_its_events_again,
     a_second_group_reads_the_topic_independently,
     a_replay_from_the_beginning_returns_every_event_once,
     a_corrupt_event_is_reported_and_the_consumer_goes_on,
-);
+        a_rewound_group_replays_the_topic_after_a_restart,
+    ],
+}

@@ -11,8 +11,8 @@ use std::time::Instant;
 
 use tokio_util::sync::CancellationToken;
 use twin_config::{SourceConfig, TwinConfig};
-use twin_ingest::testkit::{FixtureServer, Route};
 use twin_ingest::{Ingest, Progress, SourceReport};
+use twin_testkit::{FixtureServer, Route};
 
 fn main() {
     let pages: usize = env_or("PAGES", 1_000);

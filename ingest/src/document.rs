@@ -7,27 +7,16 @@ use sha2::{Digest, Sha256};
 use twin_schemas::{Author, ContentBlock, DocumentKind, RawDocument};
 use url::Url;
 
-/// Query parameters that only track where a click came from.
-const TRACKING_PARAMETERS: &[&str] = &[
+/// Query parameters that, beyond the tracking ones ([`twin_schemas::urls`]), do not change
+/// which document a url names: share and friend-link keys, referrers, the ids and tokens of
+/// newsletter e-mail links. Dropped from canonical urls on every host.
+const NOT_PART_OF_IDENTITY: &[&str] = &[
     "source",
     "sk",
     "ref",
-    "ref_src",
-    "fbclid",
-    "gclid",
-    "mc_cid",
-    "mc_eid",
-    "trk",
-    "trackingid",
-    "lipi",
     "r",
     "s",
     "triedredirect",
-    "utm_source",
-    "utm_medium",
-    "utm_campaign",
-    "utm_term",
-    "utm_content",
     "publication_id",
     "post_id",
     "isfreemail",
@@ -131,11 +120,12 @@ pub fn canonical_url(url: &str) -> String {
         return url.trim().to_string();
     };
     parsed.set_fragment(None);
+    let host = parsed.host_str().unwrap_or("").to_string();
     let kept: Vec<(String, String)> = parsed
         .query_pairs()
         .filter(|(k, _)| {
-            let k = k.to_ascii_lowercase();
-            !TRACKING_PARAMETERS.contains(&k.as_str()) && !k.starts_with("utm_")
+            !twin_schemas::urls::is_tracking_param(&host, k)
+                && !NOT_PART_OF_IDENTITY.contains(&k.to_ascii_lowercase().as_str())
         })
         .map(|(k, v)| (k.into_owned(), v.into_owned()))
         .collect();

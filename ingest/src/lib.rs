@@ -12,7 +12,6 @@
 //! - [`state`]: what was emitted, under the data folder;
 //! - [`schedule`]: intervals and cron expressions;
 //! - [`progress`]: a bar per source on a terminal;
-//! - [`testkit`]: a local HTTP server that plays the platforms, for tests and benchmarks.
 //!
 //! [`Ingest::run_once`] crawls every source once; [`Ingest::run_scheduled`] crawls each on its
 //! schedule until stopped.
@@ -27,7 +26,6 @@ pub mod repository;
 pub mod schedule;
 pub mod sources;
 pub mod state;
-pub mod testkit;
 
 use std::sync::Arc;
 
@@ -59,7 +57,7 @@ impl Ingest {
         stop: CancellationToken,
     ) -> Result<Self> {
         let sources = sources::from_config(&config.ingest)?;
-        let state = state::CrawlState::open(&config.data_dir.join("ingest"))?;
+        let state = state::CrawlState::open(&config.layout().ingest_state())?;
         let fetcher = http::Fetcher::new(&config.ingest.http, stop.clone())?;
         Ok(Self {
             sources,

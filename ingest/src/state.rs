@@ -48,13 +48,15 @@ pub struct CrawlState {
 }
 
 impl CrawlState {
-    /// Open (or create) the state under `dir`.
-    pub fn open(dir: &Path) -> Result<Self> {
-        std::fs::create_dir_all(dir).map_err(|source| IngestError::Io {
-            path: dir.to_path_buf(),
-            source,
-        })?;
-        let path = dir.join("state.sqlite");
+    /// Open (or create) the state file at `path`.
+    pub fn open(path: &Path) -> Result<Self> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|source| IngestError::Io {
+                path: dir.to_path_buf(),
+                source,
+            })?;
+        }
+        let path = path.to_path_buf();
         let connection = Connection::open(&path).map_err(|source| IngestError::State {
             path: path.clone(),
             source,
@@ -222,7 +224,7 @@ mod tests {
     #[test]
     fn records_round_trip_and_deletions_hide_documents() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let state = CrawlState::open(dir.path()).expect("open");
+        let state = CrawlState::open(&dir.path().join("state.sqlite")).expect("open");
         let document = KnownDocument {
             id: "abc".into(),
             source: "medium:@me".into(),
@@ -250,7 +252,7 @@ mod tests {
         assert!(state.get("abc").expect("get").expect("kept").deleted);
         drop(state);
         // Reopening keeps everything.
-        let state = CrawlState::open(dir.path()).expect("reopen");
+        let state = CrawlState::open(&dir.path().join("state.sqlite")).expect("reopen");
         assert!(state.get("abc").expect("get").expect("kept").deleted);
     }
 }

@@ -11,9 +11,9 @@ use support::{Platforms, GITHUB_TOKEN, TRAIN_PY};
 use tokio_util::sync::CancellationToken;
 use twin_config::{SourceConfig, TwinConfig};
 use twin_eventlog::EventLog;
-use twin_ingest::testkit::{FixtureServer, Route};
 use twin_ingest::{Ingest, Progress, SourceReport};
 use twin_schemas::{BlockKind, DocumentKind, Event, RawDocument};
+use twin_testkit::{FixtureServer, Route};
 
 async fn crawl(config: &TwinConfig, log: &Arc<dyn EventLog>) -> Vec<SourceReport> {
     let ingest = Ingest::new(
@@ -693,7 +693,7 @@ async fn a_stop_keeps_what_was_crawled_and_deletes_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_source_reaches_a_kafka_broker_the_same_way() {
-    let broker = twin_eventlog::testkit::tansu().unwrap_or_else(|e| panic!("{e}"));
+    let broker = twin_testkit::tansu::tansu().unwrap_or_else(|e| panic!("{e}"));
     let dir = tempfile::tempdir().expect("tempdir");
     let platforms = Platforms::start(dir.path()).await;
     let mut config = platforms.config(&dir.path().join("data"));

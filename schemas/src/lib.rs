@@ -10,21 +10,26 @@
 //! - [`registry`]: every schema, current and released, by [`EventType`] and by fingerprint;
 //!   [`registry::check_compatible`] guards schema evolution.
 //! - [`fingerprint`]: the specification's schema fingerprint (CRC-64-AVRO of the canonical form).
-//! - [`ids`]: deterministic document ids and content hashes.
+//! - [`ids`]: deterministic document and chunk ids ([`ChunkId`]), content hashes, and the log
+//!   [`Position`] of an event.
+//! - [`urls`]: [`strip_tracking`], the one rule for tracking parameters in links, used by the
+//!   crawlers (canonical urls) and the clean stage (links in text).
 
 pub mod codec;
 pub mod fingerprint;
 pub mod ids;
 pub mod registry;
 pub mod types;
+pub mod urls;
 
 pub use codec::{decode, encode};
-pub use ids::{content_hash, document_id};
+pub use ids::{content_hash, document_id, ChunkId, Position};
 pub use registry::EventType;
 pub use types::{
     Author, BlockKind, Chunk, CleanedDocument, ContentBlock, DocumentDeleted, DocumentKind,
     EmbeddedChunk, Event, RawDocument,
 };
+pub use urls::strip_tracking;
 
 /// What can go wrong turning events into bytes and back.
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +58,9 @@ pub enum SchemaError {
         /// What the encoder reported.
         reason: String,
     },
+    /// An identity (a chunk id) is not of its form.
+    #[error("{0}")]
+    Identity(String),
     /// A schema file does not parse, or two schemas are incompatible.
     #[error("schema {name}: {reason}")]
     Schema {

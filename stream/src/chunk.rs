@@ -8,10 +8,9 @@
 //! plus the model's two special tokens, fits the model's window: this is checked by
 //! re-tokenising each chunk, whatever the tokenizer.
 
-use sha2::{Digest, Sha256};
 use tokenizers::Tokenizer;
 use twin_config::{ChunkRule, ChunkingConfig};
-use twin_schemas::{BlockKind, Chunk, CleanedDocument, DocumentKind};
+use twin_schemas::{BlockKind, Chunk, ChunkId, CleanedDocument, DocumentKind};
 use unicode_segmentation::UnicodeSegmentation;
 
 use crate::StreamError;
@@ -20,6 +19,7 @@ use crate::StreamError;
 const SPECIAL_TOKENS: usize = 2;
 
 /// Cuts documents into chunks.
+#[derive(Clone)]
 pub struct Chunker {
     tokenizer: Tokenizer,
     rules: ChunkingConfig,
@@ -47,7 +47,7 @@ impl Chunker {
     ) -> Result<Self, StreamError> {
         tokenizer
             .with_truncation(None)
-            .map_err(|e| StreamError::Tokenizer(e.to_string()))?;
+            .map_err(StreamError::Tokenizer)?;
         tokenizer.with_padding(None);
         Ok(Self {
             tokenizer,
@@ -74,12 +74,20 @@ impl Chunker {
         Ok(self
             .tokenizer
             .encode(text, false)
-            .map_err(|e| StreamError::Tokenizer(e.to_string()))?
+            .map_err(StreamError::Tokenizer)?
             .len())
     }
 
     /// Cut a document into chunks, in reading order.
     pub fn chunk(&self, doc: &CleanedDocument, chunked_at: i64) -> Result<Vec<Chunk>, StreamError> {
+        let bytes: usize = doc.content.iter().map(|b| b.text.len()).sum();
+        if bytes > self.rules.max_document_bytes {
+            return Err(StreamError::TooLarge {
+                document_id: doc.id.clone(),
+                bytes,
+                limit: self.rules.max_document_bytes,
+            });
+        }
         let (budget, overlap) = self.rule(doc.kind);
         let units = self.units(doc)?;
         let mut texts: Vec<String> = Vec::new();
@@ -115,7 +123,7 @@ impl Chunker {
                 let position = chunks.len() as i32;
                 let token_count = self.count(&piece)? as i32;
                 chunks.push(Chunk {
-                    id: chunk_id(&doc.id, position, &piece),
+                    id: ChunkId::new(&doc.id, position, &piece).into(),
                     document_id: doc.id.clone(),
                     kind: doc.kind,
                     platform: doc.platform.clone(),
@@ -209,7 +217,7 @@ impl Chunker {
         let encoding = self
             .tokenizer
             .encode(text, false)
-            .map_err(|e| StreamError::Tokenizer(e.to_string()))?;
+            .map_err(StreamError::Tokenizer)?;
         let offsets = encoding.get_offsets();
         let mut pieces = Vec::new();
         let mut start = 0;
@@ -247,18 +255,4 @@ fn tail(units: &[Unit], overlap: usize, room: usize) -> Vec<Unit> {
         taken += units[start].tokens;
     }
     units[start..].to_vec()
-}
-
-/// Deterministic chunk id: the first 32 hex digits of SHA-256 over document id, position and text.
-pub fn chunk_id(document_id: &str, position: i32, text: &str) -> String {
-    let mut hasher = Sha256::new();
-    hasher.update(document_id.as_bytes());
-    hasher.update([0u8]);
-    hasher.update(position.to_le_bytes());
-    hasher.update([0u8]);
-    hasher.update(text.as_bytes());
-    hasher.finalize()[..16]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
 }

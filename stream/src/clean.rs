@@ -4,35 +4,18 @@
 //!   posts (𝗯𝗼𝗹𝗱 → bold), full-width forms and ligatures; zero-width characters, soft hyphens
 //!   and control characters go.
 //! - Whitespace: runs collapse to one space inside paragraphs, headings, list items and quotes.
-//! - Links: tracking parameters (`utm_*`, `fbclid`, Medium's `source`...) are removed.
+//! - Links: tracking parameters (`utm_*`, `fbclid`, Medium's `source`...) are removed, by the
+//!   one rule the crawlers use too ([`twin_schemas::strip_tracking`]).
 //! - Boilerplate: short blocks that are platform chrome ("Subscribe now", "Share this post",
 //!   "Originally published at"...) are dropped.
+//! - Templates: blocks a source repeats on nearly every page (see [`crate::template`]) are
+//!   dropped when the worker passes them to [`clean_without`].
 //! - Code and repository files are kept byte for byte: whitespace is content there.
 
-use twin_schemas::{content_hash, BlockKind, CleanedDocument, ContentBlock, RawDocument};
+use twin_schemas::{
+    content_hash, strip_tracking, BlockKind, CleanedDocument, ContentBlock, RawDocument,
+};
 use unicode_normalization::UnicodeNormalization;
-
-/// Query parameters that only track the reader, on any site (with every `utm_*`).
-const TRACKING_PARAMS: &[&str] = &[
-    "fbclid",
-    "gclid",
-    "dclid",
-    "msclkid",
-    "mc_cid",
-    "mc_eid",
-    "igshid",
-    "ref_src",
-    "ref_url",
-    "trk",
-    "trackingid",
-    "lipi",
-];
-
-/// Parameters that track only on some platforms (elsewhere they may mean something).
-const PLATFORM_TRACKING_PARAMS: &[(&str, &[&str])] = &[
-    ("medium.com", &["source"]),
-    ("substack.com", &["r", "triedredirect"]),
-];
 
 /// Lowercase beginnings of blocks that are platform chrome, not the author's writing.
 const BOILERPLATE_PREFIXES: &[&str] = &[
@@ -68,7 +51,20 @@ const BOILERPLATE_MAX_CHARS: usize = 200;
 
 /// Clean a raw document.
 pub fn clean(raw: &RawDocument, cleaned_at: i64) -> CleanedDocument {
-    let content = clean_blocks(&raw.content);
+    clean_without(raw, cleaned_at, &[])
+}
+
+/// Clean a raw document and drop its blocks that `template` marks (one flag per block of
+/// `raw.content`, as [`crate::template::Templates::template_blocks`] gives them).
+pub fn clean_without(raw: &RawDocument, cleaned_at: i64, template: &[bool]) -> CleanedDocument {
+    let kept: Vec<ContentBlock> = raw
+        .content
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !template.get(*i).copied().unwrap_or(false))
+        .map(|(_, b)| b.clone())
+        .collect();
+    let content = clean_blocks(&kept);
     CleanedDocument {
         id: raw.id.clone(),
         kind: raw.kind,
@@ -155,38 +151,6 @@ fn strip_tracking_in_word(word: &str) -> String {
     )
 }
 
-/// A url without its tracking query parameters (unchanged if it does not parse).
-pub fn strip_tracking(raw: &str) -> String {
-    let Ok(mut url) = url::Url::parse(raw) else {
-        return raw.to_string();
-    };
-    if url.query().is_none() {
-        return raw.to_string();
-    }
-    let host = url.host_str().unwrap_or("").to_ascii_lowercase();
-    let platform_params: &[&str] = PLATFORM_TRACKING_PARAMS
-        .iter()
-        .find(|(domain, _)| host == *domain || host.ends_with(&format!(".{domain}")))
-        .map(|(_, params)| *params)
-        .unwrap_or(&[]);
-    let kept: Vec<(String, String)> = url
-        .query_pairs()
-        .filter(|(k, _)| {
-            let k = k.to_ascii_lowercase();
-            !k.starts_with("utm_")
-                && !TRACKING_PARAMS.contains(&k.as_str())
-                && !platform_params.contains(&k.as_str())
-        })
-        .map(|(k, v)| (k.into_owned(), v.into_owned()))
-        .collect();
-    if kept.is_empty() {
-        url.set_query(None);
-    } else {
-        url.query_pairs_mut().clear().extend_pairs(kept);
-    }
-    url.to_string()
-}
-
 fn is_boilerplate(text: &str) -> bool {
     if text.chars().count() > BOILERPLATE_MAX_CHARS {
         return false;
@@ -211,32 +175,14 @@ mod tests {
     }
 
     #[test]
-    fn tracking_parameters_leave_links_and_the_rest_stays() {
-        assert_eq!(
-            strip_tracking("https://x.substack.com/p/post?utm_source=twitter&utm_medium=social"),
-            "https://x.substack.com/p/post"
-        );
-        assert_eq!(
-            strip_tracking("https://a.io/s?q=rust&fbclid=123"),
-            "https://a.io/s?q=rust"
-        );
+    fn tracking_parameters_leave_links_inside_text() {
         assert_eq!(
             clean_text("Read (https://medium.com/p/1?source=rss----1). Then https://a.io/x?id=2."),
             "Read (https://medium.com/p/1). Then https://a.io/x?id=2."
         );
-        assert_eq!(strip_tracking("not a url"), "not a url");
-        // Platform-specific parameters are tracking only on their platform.
         assert_eq!(
-            strip_tracking("https://a.substack.com/p/x?r=abc"),
-            "https://a.substack.com/p/x"
-        );
-        assert_eq!(
-            strip_tracking("https://example.org/feed?source=docs"),
-            "https://example.org/feed?source=docs"
-        );
-        assert_eq!(
-            strip_tracking("https://medium.com/@a/p?sk=friend"),
-            "https://medium.com/@a/p?sk=friend"
+            clean_text("See https://x.substack.com/p/a?utm_source=x, then stop."),
+            "See https://x.substack.com/p/a, then stop."
         );
     }
 

@@ -56,21 +56,26 @@ impl DeadLetter {
     pub fn payload(&self) -> Result<Vec<u8>, StreamError> {
         base64::engine::general_purpose::STANDARD
             .decode(&self.payload_base64)
-            .map_err(|e| {
-                StreamError::DeadLetter(format!(
-                    "payload of {}@{}: {e}",
-                    self.source_topic, self.offset
-                ))
+            .map_err(|e| StreamError::DeadLetter {
+                what: format!(
+                    "payload of {}/{}@{}",
+                    self.source_topic, self.partition, self.offset
+                ),
+                source: Box::new(e),
             })
     }
 
     /// Append it to the dead-letter topic.
     pub async fn send(&self, log: &dyn EventLog, topic: &str) -> Result<(), StreamError> {
-        let body = serde_json::to_vec(self).map_err(|e| StreamError::DeadLetter(e.to_string()))?;
-        log.append(topic, self.key.as_bytes(), &body)
-            .await
-            .map(|_| ())
-            .map_err(|e| StreamError::Log(e.to_string()))
+        let body = serde_json::to_vec(self).map_err(|e| StreamError::DeadLetter {
+            what: format!(
+                "of {}/{}@{}",
+                self.source_topic, self.partition, self.offset
+            ),
+            source: Box::new(e),
+        })?;
+        log.append(topic, self.key.as_bytes(), &body).await?;
+        Ok(())
     }
 }
 
@@ -79,17 +84,13 @@ pub async fn list(
     log: &dyn EventLog,
     topic: &str,
 ) -> Result<Vec<(Position, DeadLetter)>, StreamError> {
-    let log_err = |e: twin_eventlog::LogError| StreamError::Log(e.to_string());
-    if log.partitions(topic).await.map_err(log_err)?.is_none() {
+    if log.partitions(topic).await?.is_none() {
         return Ok(Vec::new());
     }
-    let ends = log.end_offsets(topic).await.map_err(log_err)?;
+    let ends = log.end_offsets(topic).await?;
     let total: u64 = ends.iter().sum();
     let group = format!("twin-dlq-list-{}", std::process::id());
-    let mut consumer = log
-        .consumer(topic, &group, StartFrom::Beginning)
-        .await
-        .map_err(log_err)?;
+    let mut consumer = log.consumer(topic, &group, StartFrom::Beginning).await?;
     let mut out = Vec::new();
     let mut seen = 0;
     while seen < total {
@@ -105,7 +106,7 @@ pub async fn list(
             }
             Ok(None) => break,
             Err(twin_eventlog::LogError::Corrupt { .. }) => seen += 1,
-            Err(e) => return Err(log_err(e)),
+            Err(e) => return Err(e.into()),
         }
     }
     out.sort_by_key(|(p, l)| (l.failed_at, p.partition, p.offset));
@@ -121,8 +122,7 @@ pub async fn retry(log: &dyn EventLog, topic: &str) -> Result<usize, StreamError
             letter.key.as_bytes(),
             &letter.payload()?,
         )
-        .await
-        .map_err(|e| StreamError::Log(e.to_string()))?;
+        .await?;
     }
     Ok(letters.len())
 }

@@ -1,45 +1,91 @@
 //! Stream: the feature pipeline that turns raw-document events into features.
 //!
-//! - [`clean`]: the clean stage (unicode, whitespace, tracking links, boilerplate; code kept
-//!   exactly).
+//! - [`clean`]: the clean stage (unicode, whitespace, tracking links, boilerplate, templates;
+//!   code kept exactly).
+//! - [`template`]: a source's page template, learnt from the blocks its documents repeat.
 //! - [`chunk`]: the chunk stage (token-counted, sentence-aligned, overlapping chunks per kind of
 //!   document).
-//! - [`warehouse`]: raw, cleaned and chunked documents with their log positions, in SQLite
-//!   (embedded) or ClickHouse.
 //! - [`worker`]: the `twin stream` worker: consume, clean, chunk, embed (`twin-embedding`),
-//!   publish, write the warehouse and the vector store (`twin-vectorstore`), then commit.
+//!   publish, write the warehouse (`twin-warehouse`) and the vector store (`twin-vectorstore`),
+//!   then commit; transient write failures are retried.
 //! - [`dlq`]: the dead-letter topic, and listing and retrying its events.
 
 pub mod chunk;
 pub mod clean;
 pub mod dlq;
-pub mod warehouse;
+pub mod template;
 pub mod worker;
 
-pub use worker::{Pipeline, RunOptions, RunStats};
+pub use worker::{Pipeline, RetryPolicy, RunOptions, RunStats};
 
-pub use chunk::{chunk_id, Chunker};
+pub use chunk::Chunker;
 pub use clean::clean;
 
-/// What can go wrong in the stream stages.
+/// What can go wrong in the stream stages. Errors of the stores and the log keep their causes,
+/// and [`StreamError::is_retryable`] says whether trying again can help.
 #[derive(Debug, thiserror::Error)]
 pub enum StreamError {
     /// The tokenizer failed on a text.
     #[error("tokenizer: {0}")]
-    Tokenizer(String),
+    Tokenizer(#[source] tokenizers::Error),
     /// The warehouse refused or failed a read or write.
-    #[error("warehouse: {0}")]
-    Warehouse(String),
+    #[error(transparent)]
+    Warehouse(#[from] twin_warehouse::WarehouseError),
     /// The event log failed.
-    #[error("event log: {0}")]
-    Log(String),
+    #[error(transparent)]
+    Log(#[from] twin_eventlog::LogError),
     /// The vector store failed.
-    #[error("{0}")]
-    Vectors(String),
+    #[error(transparent)]
+    Vectors(#[from] twin_vectorstore::VectorStoreError),
     /// The embedding model failed.
-    #[error("embedding: {0}")]
-    Embedding(String),
+    #[error(transparent)]
+    Embedding(#[from] twin_embedding::EmbeddingError),
+    /// A document is over `chunking.max_document_bytes`: the chunk stage refuses it.
+    #[error("document {document_id} has {bytes} bytes of text, over chunking.max_document_bytes ({limit})")]
+    TooLarge {
+        /// The document.
+        document_id: String,
+        /// Its text's size.
+        bytes: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// The embedder gave a different number of vectors than it was given chunks: a bug or a
+    /// broken model, never papered over with empty vectors.
+    #[error("the embedder returned {vectors} vectors for {chunks} chunks")]
+    VectorCount {
+        /// Chunks sent.
+        chunks: usize,
+        /// Vectors received.
+        vectors: usize,
+    },
     /// A dead letter could not be written or read.
-    #[error("dead letter: {0}")]
-    DeadLetter(String),
+    #[error("dead letter {what}: {source}")]
+    DeadLetter {
+        /// Which dead letter.
+        what: String,
+        /// Why.
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// A batch's writes kept failing transiently until the tries ran out.
+    #[error("a batch's writes failed {attempts} times; the last error: {source}")]
+    RetriesExhausted {
+        /// Tries made.
+        attempts: u32,
+        /// The last failure.
+        source: Box<StreamError>,
+    },
+}
+
+impl StreamError {
+    /// Whether trying again later can help (a broker or a store unreachable or overloaded), as
+    /// opposed to bad input, a bad setting or a bug.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            StreamError::Warehouse(e) => e.is_retryable(),
+            StreamError::Log(e) => e.is_retryable(),
+            StreamError::Vectors(e) => e.is_retryable(),
+            _ => false,
+        }
+    }
 }

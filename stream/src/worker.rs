@@ -1,29 +1,42 @@
 //! The stream worker: consumes raw-document events and keeps the projections current.
 //!
-//! For each batch of events: clean, chunk and embed every document (all chunks of the batch in
-//! one embedding call, batched by token budget), publish the cleaned documents, chunks and
-//! embedded chunks to their topics, write the warehouse and the vector store, and only then
-//! commit the batch's offsets. A crash anywhere before the commit replays the batch, and every
-//! write is an idempotent upsert, so the result is the same as without the crash.
+//! For each batch of events: count the documents' blocks for template detection, clean, chunk
+//! and embed every document (all chunks of the batch in one embedding call, batched by token
+//! budget), publish the cleaned documents, chunks and embedded chunks to their topics, write the
+//! warehouse and the vector store, record the positions applied, and only then commit the
+//! batch's offsets. A crash anywhere before the commit replays the batch, and every write is an
+//! idempotent upsert, so the result is the same as without the crash.
+//!
+//! Writes that fail in a way a retry can help (a broker or store unreachable, overloaded, timed
+//! out) are tried again, the whole batch's writes at once (they are idempotent), with doubling
+//! waits, counted in `twin_stream_write_retries_total`; a permanent error, or one that outlasts
+//! the tries, stops the worker without committing: it is retried on restart.
 //!
 //! An event that cannot be decoded, or that a stage rejects, goes to the dead-letter topic with
-//! the reason and its original bytes (see [`crate::dlq`]); the worker goes on. A failure of the
-//! log or of a sink stops the worker without committing: it is retried on restart.
+//! the reason and its original bytes (see [`crate::dlq`]); the worker goes on.
+//!
+//! A rebuild (`--rebuild`) first moves the group's committed offsets back to the beginning, and
+//! only then drops the projections: a rebuild killed at any point resumes, on the next start,
+//! from wherever its commits reached, and ends with the full projections.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures::TryStreamExt;
+use tokio::sync::Mutex;
 use tracing::{info, warn};
-use twin_config::TopicNames;
+use twin_config::{StreamConfig, TemplateConfig, TopicNames};
 use twin_embedding::Embedder;
 use twin_eventlog::{publish, Delivery, EventConsumer, EventLog, Position, StartFrom};
-use twin_schemas::{Chunk, EmbeddedChunk, Event, RawDocument};
+use twin_schemas::{Chunk, CleanedDocument, EmbeddedChunk, Event, RawDocument};
 use twin_vectorstore::VectorStore;
+use twin_warehouse::{DocumentFilter, Warehouse};
 
+use crate::clean::clean_without;
 use crate::dlq::DeadLetter;
-use crate::warehouse::{LogPosition, Warehouse};
-use crate::{clean, Chunker, StreamError};
+use crate::template::Templates;
+use crate::{Chunker, StreamError};
 
 /// The consumer group of stream workers on the raw-documents topic.
 pub const DEFAULT_GROUP: &str = "twin-stream";
@@ -31,6 +44,13 @@ pub const DEFAULT_GROUP: &str = "twin-stream";
 /// Empty polls (of about half a second each) after which a `--once` run that received nothing
 /// concludes there is nothing to do.
 const IDLE_POLLS_WHEN_NOTHING_CAME: u32 = 4;
+
+/// The same when the warehouse has not applied the topic up to its end: there is work, and the
+/// group join (after a crash, the broker first waits out the dead member's session) is slow.
+const IDLE_POLLS_WHEN_WORK_IS_LEFT: u32 = 120;
+
+/// Longest wait between two tries of a batch's writes.
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
 
 /// How a run behaves.
 #[derive(Debug, Clone)]
@@ -51,8 +71,33 @@ impl Default for RunOptions {
             group: DEFAULT_GROUP.into(),
             rebuild: false,
             until_caught_up: false,
-            batch_size: 64,
+            batch_size: StreamConfig::default().batch_size,
         }
+    }
+}
+
+/// How transient write failures are retried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Tries in all (1: no retry).
+    pub attempts: u32,
+    /// Wait before the second try; doubled for each further one, up to 10 s.
+    pub first_backoff: Duration,
+}
+
+impl RetryPolicy {
+    /// The policy of a `[stream]` configuration.
+    pub fn of(config: &StreamConfig) -> Self {
+        Self {
+            attempts: config.write_attempts.max(1),
+            first_backoff: Duration::from_millis(config.write_backoff_ms),
+        }
+    }
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self::of(&StreamConfig::default())
     }
 }
 
@@ -67,6 +112,10 @@ pub struct RunStats {
     pub chunks: u64,
     /// Events sent to the dead-letter topic.
     pub dead_letters: u64,
+    /// Documents cleaned again because their source's template changed.
+    pub recleaned: u64,
+    /// Batches whose writes were tried again after a transient failure.
+    pub retried_batches: u64,
 }
 
 /// The worker and everything it writes to.
@@ -83,6 +132,12 @@ pub struct Pipeline {
     pub embedder: Arc<Embedder>,
     /// The chunk stage.
     pub chunker: Chunker,
+    /// How failed writes are retried.
+    pub retry: RetryPolicy,
+    /// Template detection rules.
+    pub template_rules: TemplateConfig,
+    /// Block counts of every document seen, for template detection (loaded when a run starts).
+    templates: Mutex<Templates>,
 }
 
 /// What a batch does to the sinks, in log order.
@@ -97,39 +152,70 @@ enum Action {
 struct Projected {
     raw: RawDocument,
     position: Position,
-    /// When the raw event was appended (ms since the epoch), for the end-to-end lag.
-    appended_at: i64,
-    cleaned: twin_schemas::CleanedDocument,
+    /// When the raw event was appended (ms since the epoch), for the end-to-end lag; `None` for
+    /// a document cleaned again from the warehouse.
+    appended_at: Option<i64>,
+    cleaned: CleanedDocument,
     chunks: Vec<Chunk>,
+    /// Blocks dropped as template.
+    template_blocks: usize,
+}
+
+/// Everything a batch writes, computed before the first write so that a retry repeats writes
+/// only.
+struct Writes {
+    actions: Vec<Action>,
+    embedded: Vec<Vec<EmbeddedChunk>>,
+    dead: Vec<(&'static str, DeadLetter)>,
+    last: BTreeMap<u32, Position>,
 }
 
 impl Pipeline {
     /// Everything the configuration names: the log, the embedding model (pulled and exported on
     /// first use), the warehouse and the vector store (their tables and collections created).
     pub async fn open(config: &twin_config::TwinConfig) -> Result<Self, StreamError> {
-        let log = twin_eventlog::open(config).map_err(log_err)?;
-        let embedder = twin_embedding::open(&config.embedding, &config.data_dir)
-            .await
-            .map_err(|e| StreamError::Embedding(e.to_string()))?;
-        let embedder = Arc::new(embedder);
-        let warehouse = crate::warehouse::open(&config.warehouse, &config.data_dir).await?;
+        let log = twin_eventlog::open(config)?;
+        let embedder = Arc::new(twin_embedding::open(&config.embedding, &config.data_dir).await?);
+        let warehouse = twin_warehouse::open(&config.warehouse, &config.data_dir).await?;
         let vectors =
-            twin_vectorstore::open(&config.vectors, &config.data_dir, embedder.dimension())
-                .await
-                .map_err(vec_err)?;
+            twin_vectorstore::open(&config.vectors, &config.data_dir, embedder.dimension()).await?;
         let chunker = Chunker::new(
             embedder.tokenizer().clone(),
             config.chunking.clone(),
             config.embedding.max_tokens,
         )?;
-        Ok(Self {
+        Ok(Self::new(
             log,
-            topics: config.topics.clone(),
+            config.topics.clone(),
             warehouse,
             vectors,
             embedder,
             chunker,
-        })
+            &config.stream,
+        ))
+    }
+
+    /// A pipeline over stores opened elsewhere (tests put a store in front of another here).
+    pub fn new(
+        log: Arc<dyn EventLog>,
+        topics: TopicNames,
+        warehouse: Arc<dyn Warehouse>,
+        vectors: Arc<dyn VectorStore>,
+        embedder: Arc<Embedder>,
+        chunker: Chunker,
+        config: &StreamConfig,
+    ) -> Self {
+        Self {
+            log,
+            topics,
+            warehouse,
+            vectors,
+            embedder,
+            chunker,
+            retry: RetryPolicy::of(config),
+            template_rules: config.templates.clone(),
+            templates: Mutex::new(Templates::new(config.templates.clone())),
+        }
     }
 
     /// Run until `shutdown` resolves, or, with `until_caught_up`, until the topic is handled.
@@ -140,28 +226,42 @@ impl Pipeline {
     ) -> Result<RunStats, StreamError> {
         let topic = self.topics.raw_documents.as_str();
         for t in self.topics.all() {
-            self.log.ensure_topic(t).await.map_err(log_err)?;
+            self.log.ensure_topic(t).await?;
         }
         let start = if options.rebuild {
-            info!("rebuild: dropping the warehouse and the vector store");
-            self.warehouse.drop_all().await?;
-            self.warehouse.ensure_schema().await?;
-            self.vectors.drop_all().await.map_err(vec_err)?;
-            self.vectors
-                .ensure_collections(self.embedder.dimension())
-                .await
-                .map_err(vec_err)?;
             StartFrom::Beginning
         } else {
             StartFrom::Committed
         };
-        let targets = self.log.end_offsets(topic).await.map_err(log_err)?;
-        let inner = self
-            .log
-            .consumer(topic, &options.group, start)
-            .await
-            .map_err(log_err)?;
+        let targets = self.log.end_offsets(topic).await?;
+        let inner = self.log.consumer(topic, &options.group, start).await?;
         let mut consumer = EventConsumer::new(inner, topic);
+        if options.rebuild {
+            // Durable first: once the group points at the beginning, a crash at any later
+            // point of the rebuild restarts it instead of leaving empty projections behind.
+            consumer.rewind().await?;
+            info!("rebuild: the group starts from the beginning; dropping the warehouse and the vector store");
+            self.warehouse.drop_all().await?;
+            self.warehouse.ensure_schema().await?;
+            self.vectors.drop_all().await?;
+            self.vectors
+                .ensure_collections(self.embedder.dimension())
+                .await?;
+        }
+        self.load_templates().await?;
+        let applied = self.warehouse.applied().await?;
+        let work_left = targets.iter().enumerate().any(|(p, target)| {
+            *target > 0
+                && applied
+                    .iter()
+                    .find(|a| a.partition as usize == p)
+                    .is_none_or(|a| a.offset + 1 < *target)
+        });
+        let idle_limit = if work_left {
+            IDLE_POLLS_WHEN_WORK_IS_LEFT
+        } else {
+            IDLE_POLLS_WHEN_NOTHING_CAME
+        };
         // Where the group stands per partition; caught up when every partition reached its target.
         let mut reached: Vec<Option<u64>> = vec![None; targets.len()];
         let mut stats = RunStats::default();
@@ -177,7 +277,7 @@ impl Pipeline {
             }
             let batch = tokio::select! {
                 _ = &mut shutdown => break,
-                batch = self.next_batch(&mut consumer, options.batch_size) => batch?,
+                batch = next_batch(&mut consumer, options.batch_size) => batch?,
             };
             if batch.is_empty() {
                 if options.until_caught_up {
@@ -191,10 +291,7 @@ impl Pipeline {
                         .all(|(target, done)| done.is_none_or(|d| d + 1 >= *target));
                     let any_delivered = reached.iter().any(Option::is_some);
                     let empty_topic = targets.iter().all(|t| *t == 0);
-                    if delivered_done
-                        && (any_delivered
-                            || empty_topic
-                            || idle_polls >= IDLE_POLLS_WHEN_NOTHING_CAME)
+                    if delivered_done && (any_delivered || empty_topic || idle_polls >= idle_limit)
                     {
                         break;
                     }
@@ -208,31 +305,18 @@ impl Pipeline {
         Ok(stats)
     }
 
-    /// Up to `max` deliveries: waits for the first, then takes what is already there.
-    async fn next_batch(
-        &self,
-        consumer: &mut EventConsumer,
-        max: usize,
-    ) -> Result<Vec<Delivery>, StreamError> {
-        let mut batch = Vec::new();
-        if let Some(first) = consumer
-            .next(Duration::from_millis(500))
-            .await
-            .map_err(log_err)?
-        {
-            batch.push(first);
-            while batch.len() < max {
-                match consumer
-                    .next(Duration::from_millis(5))
-                    .await
-                    .map_err(log_err)?
-                {
-                    Some(d) => batch.push(d),
-                    None => break,
-                }
+    /// Count the blocks of every document in the warehouse, for template detection.
+    async fn load_templates(&self) -> Result<(), StreamError> {
+        let mut templates = Templates::new(self.template_rules.clone());
+        if self.template_rules.enabled {
+            let mut documents =
+                twin_warehouse::scan_raw(self.warehouse.as_ref(), DocumentFilter::all());
+            while let Some(stored) = documents.try_next().await? {
+                templates.observe(&stored.value.id.clone(), Some(&stored.value));
             }
         }
-        Ok(batch)
+        *self.templates.lock().await = templates;
+        Ok(())
     }
 
     /// Project a batch, then commit it.
@@ -244,26 +328,154 @@ impl Pipeline {
         stats: &mut RunStats,
     ) -> Result<(), StreamError> {
         let started = Instant::now();
-        let now = twin_eventlog::now_ms();
         metrics::histogram!("twin_stream_batch_size").record(batch.len() as f64);
         metrics::counter!("twin_stream_events_total", "stage" => "consumed")
             .increment(batch.len() as u64);
-        let mut actions = Vec::new();
-        let mut dead = Vec::new();
+        let writes = self.stages(batch).await?;
+        let mut attempt = 1;
+        let mut backoff = self.retry.first_backoff;
+        loop {
+            match self.write(&writes).await {
+                Ok(()) => break,
+                Err(e) if e.is_retryable() && attempt < self.retry.attempts => {
+                    if attempt == 1 {
+                        stats.retried_batches += 1;
+                    }
+                    metrics::counter!("twin_stream_write_retries_total").increment(1);
+                    warn!(attempt, error = %e, wait_ms = backoff.as_millis() as u64,
+                          "a batch's writes failed transiently; trying them again");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    attempt += 1;
+                }
+                Err(e) if e.is_retryable() => {
+                    return Err(StreamError::RetriesExhausted {
+                        attempts: attempt,
+                        source: Box::new(e),
+                    })
+                }
+                Err(e) => return Err(e),
+            }
+        }
+
+        // Searchable now: the lag from each event's append.
+        let searchable_at = twin_eventlog::now_ms();
+        let mut counts = BTreeMap::from([
+            ("cleaned", 0u64),
+            ("chunked", 0),
+            ("embedded", 0),
+            ("deleted", 0),
+        ]);
+        for (action, embedded) in writes.actions.iter().zip(&writes.embedded) {
+            match action {
+                Action::Delete(..) => {
+                    stats.deleted += 1;
+                    *counts.entry("deleted").or_default() += 1;
+                }
+                Action::Project(p) => {
+                    match p.appended_at {
+                        Some(appended_at) => {
+                            stats.documents += 1;
+                            let lag = (searchable_at - appended_at).max(0) as f64 / 1000.0;
+                            metrics::histogram!("twin_stream_end_to_end_seconds").record(lag);
+                        }
+                        None => stats.recleaned += 1,
+                    }
+                    stats.chunks += embedded.len() as u64;
+                    *counts.entry("cleaned").or_default() += 1;
+                    *counts.entry("chunked").or_default() += p.chunks.len() as u64;
+                    *counts.entry("embedded").or_default() += embedded.len() as u64;
+                    if p.template_blocks > 0 {
+                        metrics::counter!("twin_stream_template_blocks_dropped_total",
+                                          "platform" => p.raw.platform.clone())
+                        .increment(p.template_blocks as u64);
+                    }
+                }
+            }
+        }
+        stats.dead_letters += writes.dead.len() as u64;
+        for (cause, _) in &writes.dead {
+            metrics::counter!("twin_stream_dead_letters_total", "cause" => *cause).increment(1);
+        }
+        // Both sinks acknowledged and the positions are recorded: now the offsets may move.
+        for position in writes.last.values() {
+            consumer.commit(*position).await?;
+            if let Some(slot) = reached.get_mut(position.partition as usize) {
+                *slot = Some(slot.map_or(position.offset, |s| s.max(position.offset)));
+            }
+        }
+        for (stage, n) in counts {
+            metrics::counter!("twin_stream_events_total", "stage" => stage).increment(n);
+        }
+        metrics::histogram!("twin_stream_batch_seconds").record(started.elapsed().as_secs_f64());
+        Ok(())
+    }
+
+    /// The stages, without any write: templates counted, documents cleaned, chunked and
+    /// embedded, dead letters made.
+    async fn stages(&self, batch: Vec<Delivery>) -> Result<Writes, StreamError> {
+        let now = twin_eventlog::now_ms();
         let mut last: BTreeMap<u32, Position> = BTreeMap::new();
+        let mut dead = Vec::new();
+        let mut events = Vec::new();
         for delivery in batch {
             last.insert(delivery.position.partition, delivery.position);
+            let letter = |topic: &str, cause: &'static str, reason: String, d: &Delivery| {
+                (
+                    cause,
+                    DeadLetter::new(topic, d.position, &d.key, reason, d.payload.clone()),
+                )
+            };
+            match &delivery.event {
+                Ok(Event::Raw(_)) | Ok(Event::Deleted(_)) => events.push(delivery),
+                Ok(other) => dead.push(letter(
+                    &self.topics.raw_documents,
+                    "unexpected_type",
+                    format!("{} events do not belong on this topic", other.event_type()),
+                    &delivery,
+                )),
+                Err(bad) => dead.push(letter(
+                    &bad.topic,
+                    "undecodable",
+                    bad.reason.clone(),
+                    &delivery,
+                )),
+            }
+        }
+
+        // Count the batch's documents first, so each is cleaned with everything seen; documents
+        // seen before whose template changed are cleaned again.
+        let mut templates = self.templates.lock().await;
+        let mut in_batch = BTreeSet::new();
+        let mut affected = BTreeSet::new();
+        for delivery in &events {
+            match &delivery.event {
+                Ok(Event::Raw(raw)) => {
+                    in_batch.insert(raw.id.clone());
+                    affected.extend(templates.observe(&raw.id, Some(raw)));
+                }
+                Ok(Event::Deleted(tombstone)) => {
+                    in_batch.insert(tombstone.document_id.clone());
+                    affected.extend(templates.observe(&tombstone.document_id, None));
+                }
+                _ => {}
+            }
+        }
+        let again: Vec<String> = affected.difference(&in_batch).cloned().collect();
+
+        let mut actions = Vec::new();
+        for delivery in events {
             match delivery.event {
                 Ok(Event::Raw(raw)) => {
-                    let cleaned = clean(&raw, now);
-                    match self.chunker.chunk(&cleaned, now) {
-                        Ok(chunks) => actions.push(Action::Project(Box::new(Projected {
-                            raw,
-                            position: delivery.position,
-                            appended_at: delivery.timestamp_ms,
-                            cleaned,
-                            chunks,
-                        }))),
+                    let project = self.project(
+                        &templates,
+                        raw,
+                        delivery.position,
+                        Some(delivery.timestamp_ms),
+                        now,
+                    );
+                    match project {
+                        Ok(p) => actions.push(Action::Project(Box::new(p))),
                         Err(e) => dead.push((
                             "chunk_stage",
                             DeadLetter::new(
@@ -271,7 +483,7 @@ impl Pipeline {
                                 delivery.position,
                                 &delivery.key,
                                 format!("chunk stage: {e}"),
-                                twin_schemas::encode(&Event::Raw(raw)).unwrap_or_default(),
+                                delivery.payload,
                             ),
                         )),
                     }
@@ -279,28 +491,28 @@ impl Pipeline {
                 Ok(Event::Deleted(tombstone)) => {
                     actions.push(Action::Delete(tombstone.document_id, delivery.position))
                 }
-                Ok(other) => dead.push((
-                    "unexpected_type",
-                    DeadLetter::new(
-                        &self.topics.raw_documents,
-                        delivery.position,
-                        &delivery.key,
-                        format!("{} events do not belong on this topic", other.event_type()),
-                        twin_schemas::encode(&other).unwrap_or_default(),
-                    ),
-                )),
-                Err(bad) => dead.push((
-                    "undecodable",
-                    DeadLetter::new(
-                        &bad.topic,
-                        bad.position,
-                        &delivery.key,
-                        bad.reason.clone(),
-                        bad.bytes.clone(),
-                    ),
-                )),
+                _ => {}
             }
         }
+        if !again.is_empty() {
+            info!(
+                documents = again.len(),
+                "a source's template changed; cleaning its documents again"
+            );
+            let mut stored =
+                twin_warehouse::scan_raw(self.warehouse.as_ref(), DocumentFilter::documents(again));
+            while let Some(doc) = stored.try_next().await? {
+                match self.project(&templates, doc.value, doc.position, None, now) {
+                    Ok(p) => actions.push(Action::Project(Box::new(p))),
+                    // It was chunked before; the same text cannot fail now unless its template
+                    // changed it, and then the earlier projection stays.
+                    Err(e) => {
+                        warn!(error = %e, "a document could not be cleaned again; its projection stays")
+                    }
+                }
+            }
+        }
+        drop(templates);
 
         // Embed every chunk of the batch at once.
         let texts: Vec<String> = actions
@@ -311,125 +523,155 @@ impl Pipeline {
             })
             .flatten()
             .collect();
-        let vectors = self
-            .embedder
-            .embed_async(texts)
-            .await
-            .map_err(|e| StreamError::Embedding(e.to_string()))?;
-        let mut vectors = vectors.into_iter();
+        let vectors = self.embedder.embed_async(texts).await?;
+        let embedded = self.pair(&actions, vectors)?;
+        Ok(Writes {
+            actions,
+            embedded,
+            dead,
+            last,
+        })
+    }
+
+    /// Clean and chunk one document.
+    fn project(
+        &self,
+        templates: &Templates,
+        raw: RawDocument,
+        position: Position,
+        appended_at: Option<i64>,
+        now: i64,
+    ) -> Result<Projected, StreamError> {
+        let template = templates.template_blocks(&raw);
+        let template_blocks = template.iter().filter(|t| **t).count();
+        let cleaned = clean_without(&raw, now, &template);
+        let chunks = self.chunker.chunk(&cleaned, now)?;
+        Ok(Projected {
+            raw,
+            position,
+            appended_at,
+            cleaned,
+            chunks,
+            template_blocks,
+        })
+    }
+
+    /// Give each chunk its vector, in order; a count that does not match is an error.
+    fn pair(
+        &self,
+        actions: &[Action],
+        vectors: Vec<Vec<f32>>,
+    ) -> Result<Vec<Vec<EmbeddedChunk>>, StreamError> {
+        let chunks: Vec<&[Chunk]> = actions
+            .iter()
+            .map(|a| match a {
+                Action::Project(p) => p.chunks.as_slice(),
+                Action::Delete(..) => &[],
+            })
+            .collect();
         let embedded_at = twin_eventlog::now_ms();
+        pair_vectors(&chunks, vectors, self.embedder.model_id(), embedded_at)
+    }
+
+    /// Every write of a batch, in log order; safe to repeat (every write is idempotent).
+    async fn write(&self, writes: &Writes) -> Result<(), StreamError> {
         let mut cleaned_events = Vec::new();
         let mut chunk_events = Vec::new();
         let mut embedded_events = Vec::new();
-        let mut documents = 0u64;
-        let mut deleted = 0u64;
-        for action in &actions {
-            let p = match action {
+        for (action, embedded) in writes.actions.iter().zip(&writes.embedded) {
+            match action {
                 Action::Delete(document_id, position) => {
                     self.warehouse
-                        .delete_document(document_id, log_position(*position))
+                        .delete_document(document_id, *position)
+                        .await?;
+                    self.vectors.delete_document(document_id).await?;
+                }
+                Action::Project(p) => {
+                    self.warehouse.put_raw(&p.raw, p.position).await?;
+                    self.warehouse.put_cleaned(&p.cleaned, p.position).await?;
+                    self.warehouse
+                        .replace_chunks(&p.raw.id, &p.chunks, p.position)
                         .await?;
                     self.vectors
-                        .delete_document(document_id)
-                        .await
-                        .map_err(vec_err)?;
-                    deleted += 1;
-                    continue;
+                        .replace_document(p.raw.kind, &p.raw.id, embedded)
+                        .await?;
+                    cleaned_events.push(Event::Cleaned(p.cleaned.clone()));
+                    chunk_events.extend(p.chunks.iter().cloned().map(Event::Chunk));
+                    embedded_events.extend(embedded.iter().cloned().map(Event::Embedded));
                 }
-                Action::Project(p) => p,
-            };
-            let embedded: Vec<EmbeddedChunk> = p
-                .chunks
-                .iter()
-                .map(|chunk| {
-                    let embedding = vectors.next().unwrap_or_default();
-                    EmbeddedChunk {
-                        chunk: chunk.clone(),
-                        model_id: self.embedder.model_id().to_string(),
-                        dimension: embedding.len() as i32,
-                        embedding,
-                        embedded_at,
-                    }
-                })
-                .collect();
-            let at = log_position(p.position);
-            self.warehouse.put_raw(&p.raw, at).await?;
-            self.warehouse.put_cleaned(&p.cleaned, at).await?;
-            self.warehouse
-                .replace_chunks(&p.raw.id, &p.chunks, at)
-                .await?;
-            self.vectors
-                .replace_document(p.raw.kind, &p.raw.id, &embedded)
-                .await
-                .map_err(vec_err)?;
-            cleaned_events.push(Event::Cleaned(p.cleaned.clone()));
-            chunk_events.extend(p.chunks.iter().cloned().map(Event::Chunk));
-            stats.chunks += embedded.len() as u64;
-            embedded_events.extend(embedded.into_iter().map(Event::Embedded));
-            documents += 1;
+            }
         }
-        stats.documents += documents;
-        stats.deleted += deleted;
         for (topic, events) in [
             (&self.topics.cleaned_documents, &cleaned_events),
             (&self.topics.chunks, &chunk_events),
             (&self.topics.embedded_chunks, &embedded_events),
         ] {
             if !events.is_empty() {
-                publish(self.log.as_ref(), topic, events)
-                    .await
-                    .map_err(log_err)?;
+                publish(self.log.as_ref(), topic, events).await?;
             }
         }
-        for (cause, letter) in &dead {
-            metrics::counter!("twin_stream_dead_letters_total", "cause" => *cause).increment(1);
+        for (_, letter) in &writes.dead {
             warn!(topic = %letter.source_topic, partition = letter.partition, offset = letter.offset,
                   reason = %letter.reason, "event sent to the dead-letter topic");
             letter
                 .send(self.log.as_ref(), &self.topics.dead_letters)
                 .await?;
         }
-        stats.dead_letters += dead.len() as u64;
-
-        // Searchable now: the lag from each event's append.
-        let searchable_at = twin_eventlog::now_ms();
-        for action in &actions {
-            if let Action::Project(p) = action {
-                let lag = (searchable_at - p.appended_at).max(0) as f64 / 1000.0;
-                metrics::histogram!("twin_stream_end_to_end_seconds").record(lag);
-            }
-        }
-        // Both sinks acknowledged: now the offsets may move.
-        for position in last.values() {
-            consumer.commit(*position).await.map_err(log_err)?;
-            if let Some(slot) = reached.get_mut(position.partition as usize) {
-                *slot = Some(slot.map_or(position.offset, |s| s.max(position.offset)));
-            }
-        }
-        for (stage, n) in [
-            ("cleaned", cleaned_events.len() as u64),
-            ("chunked", chunk_events.len() as u64),
-            ("embedded", embedded_events.len() as u64),
-            ("deleted", deleted),
-        ] {
-            metrics::counter!("twin_stream_events_total", "stage" => stage).increment(n);
-        }
-        metrics::histogram!("twin_stream_batch_seconds").record(started.elapsed().as_secs_f64());
+        let positions: Vec<Position> = writes.last.values().copied().collect();
+        self.warehouse.record_applied(&positions).await?;
         Ok(())
     }
 }
 
-fn log_position(p: Position) -> LogPosition {
-    LogPosition {
-        partition: p.partition,
-        offset: p.offset,
+/// Pair each document's chunks with their vectors, in order: the embedder must give exactly one
+/// vector per chunk, or the batch fails (an empty or misplaced vector would be searchable
+/// nonsense).
+pub fn pair_vectors(
+    chunks: &[&[Chunk]],
+    vectors: Vec<Vec<f32>>,
+    model_id: &str,
+    embedded_at: i64,
+) -> Result<Vec<Vec<EmbeddedChunk>>, StreamError> {
+    let total: usize = chunks.iter().map(|c| c.len()).sum();
+    if vectors.len() != total {
+        return Err(StreamError::VectorCount {
+            chunks: total,
+            vectors: vectors.len(),
+        });
     }
+    let mut vectors = vectors.into_iter();
+    Ok(chunks
+        .iter()
+        .map(|document| {
+            document
+                .iter()
+                .zip(vectors.by_ref())
+                .map(|(chunk, embedding)| EmbeddedChunk {
+                    chunk: chunk.clone(),
+                    model_id: model_id.to_string(),
+                    dimension: embedding.len() as i32,
+                    embedding,
+                    embedded_at,
+                })
+                .collect()
+        })
+        .collect())
 }
 
-fn log_err(e: twin_eventlog::LogError) -> StreamError {
-    StreamError::Log(e.to_string())
-}
-
-fn vec_err(e: twin_vectorstore::VectorStoreError) -> StreamError {
-    StreamError::Vectors(e.to_string())
+/// Up to `max` deliveries: waits for the first, then takes what is already there.
+async fn next_batch(
+    consumer: &mut EventConsumer,
+    max: usize,
+) -> Result<Vec<Delivery>, StreamError> {
+    let mut batch = Vec::new();
+    if let Some(first) = consumer.next(Duration::from_millis(500)).await? {
+        batch.push(first);
+        while batch.len() < max {
+            match consumer.next(Duration::from_millis(5)).await? {
+                Some(d) => batch.push(d),
+                None => break,
+            }
+        }
+    }
+    Ok(batch)
 }

@@ -1,6 +1,7 @@
 //! The stream worker end to end on the embedded backends (log, SQLite warehouse, Qdrant Edge)
 //! with the real embedding model: documents in, searchable chunks out; tombstones, updates and
-//! undecodable events handled; offsets committed; a rebuild equal to the live result.
+//! undecodable events handled; offsets committed; a rebuild equal to the live result. (Failures
+//! are in `failures.rs`: this test reads the process's metrics, so it runs alone in its binary.)
 
 use std::collections::BTreeMap;
 
@@ -12,6 +13,7 @@ use twin_schemas::{
 };
 use twin_stream::{dlq, Pipeline, RunOptions};
 use twin_vectorstore::SearchFilter;
+use twin_warehouse::DocumentFilter;
 
 fn article(slug: &str, paragraphs: &[&str]) -> RawDocument {
     let mut content = vec![ContentBlock {
@@ -125,7 +127,11 @@ async fn documents_become_searchable_chunks_and_a_rebuild_gives_the_same() {
     );
 
     // The warehouse holds the two live documents, the newest version of each.
-    let counts = pipeline.warehouse.counts().await.expect("counts");
+    let counts = pipeline
+        .warehouse
+        .counts(&DocumentFilter::all())
+        .await
+        .expect("counts");
     assert_eq!((counts.raw, counts.cleaned), (2, 2));
     assert_eq!(
         pipeline.warehouse.raw(&kafka.id).await.expect("raw"),
@@ -141,7 +147,7 @@ async fn documents_become_searchable_chunks_and_a_rebuild_gives_the_same() {
     assert!(
         kafka_chunks
             .iter()
-            .any(|c| c.chunk.text.contains("Replaying the log")),
+            .any(|c| c.value.text.contains("Replaying the log")),
         "chunks of the newest version"
     );
 
@@ -257,7 +263,7 @@ async fn documents_become_searchable_chunks_and_a_rebuild_gives_the_same() {
     assert_eq!(again, twin_stream::RunStats::default());
 
     // A rebuild from offset zero gives the same projections.
-    let live_chunks: Vec<String> = kafka_chunks.iter().map(|c| c.chunk.id.clone()).collect();
+    let live_chunks: Vec<String> = kafka_chunks.iter().map(|c| c.value.id.clone()).collect();
     let live_points = pipeline
         .vectors
         .count(DocumentKind::Article, &SearchFilter::default())
@@ -274,14 +280,21 @@ async fn documents_become_searchable_chunks_and_a_rebuild_gives_the_same() {
         .await
         .expect("rebuild");
     assert_eq!(rebuilt.documents, 4);
-    assert_eq!(pipeline.warehouse.counts().await.expect("counts"), counts);
+    assert_eq!(
+        pipeline
+            .warehouse
+            .counts(&DocumentFilter::all())
+            .await
+            .expect("counts"),
+        counts
+    );
     let rebuilt_chunks: Vec<String> = pipeline
         .warehouse
         .chunks(&kafka.id)
         .await
         .expect("chunks")
         .iter()
-        .map(|c| c.chunk.id.clone())
+        .map(|c| c.value.id.clone())
         .collect();
     assert_eq!(rebuilt_chunks, live_chunks);
     assert_eq!(

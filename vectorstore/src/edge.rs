@@ -29,7 +29,12 @@ pub struct EdgeVectorStore {
     root: PathBuf,
     prefix: String,
     shards: Mutex<HashMap<String, Arc<EdgeShard>>>,
+    /// The open lock file: its exclusive lock keeps other processes out while this store lives.
+    _lock: std::fs::File,
 }
+
+/// The lock file under the store's folder.
+const LOCK_FILE: &str = ".lock";
 
 fn edge_err(
     operation: impl Into<String>,
@@ -38,7 +43,8 @@ fn edge_err(
     move |e| VectorStoreError::Store {
         backend: "edge",
         operation,
-        reason: e.to_string(),
+        retryable: false,
+        source: Box::new(e),
     }
 }
 
@@ -66,13 +72,48 @@ fn filter_of(conditions: &[(&'static str, String)]) -> Result<Option<Filter>, Ve
 }
 
 impl EdgeVectorStore {
-    /// A store with its collections under `root`, named with `prefix`.
-    pub fn new(root: PathBuf, prefix: &str) -> Self {
-        Self {
+    /// The store with its collections under `root`, named with `prefix`. Qdrant Edge's shards
+    /// are not safe to open from two processes, so the folder is locked (an exclusive lock on
+    /// `root/.lock`, released when the store is dropped or the process dies); a second process
+    /// gets [`VectorStoreError::Locked`].
+    pub fn open(root: PathBuf, prefix: &str) -> Result<Self, VectorStoreError> {
+        let io = |path: &std::path::Path| {
+            let path = path.to_path_buf();
+            move |source| VectorStoreError::Io { path, source }
+        };
+        std::fs::create_dir_all(&root).map_err(io(&root))?;
+        let lock_path = root.join(LOCK_FILE);
+        let mut lock = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&lock_path)
+            .map_err(io(&lock_path))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let holder = std::fs::read_to_string(&lock_path)
+                    .ok()
+                    .map(|s| s.trim().to_string())
+                    .filter(|s| !s.is_empty())
+                    .unwrap_or_else(|| "unknown".into());
+                return Err(VectorStoreError::Locked { path: root, holder });
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(io(&lock_path)(e)),
+        }
+        // Who holds it, for the message another process gets.
+        use std::io::{Seek, Write};
+        lock.set_len(0)
+            .and_then(|_| lock.seek(std::io::SeekFrom::Start(0)))
+            .and_then(|_| write!(lock, "{}", std::process::id()))
+            .map_err(io(&lock_path))?;
+        Ok(Self {
             root,
             prefix: prefix.to_string(),
             shards: Mutex::new(HashMap::new()),
-        }
+            _lock: lock,
+        })
     }
 
     /// The shard of a collection, opened (or created for `dimension`) on first use.

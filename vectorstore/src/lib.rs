@@ -4,7 +4,7 @@
 //!
 //! - [`VectorStore`]: the interface, with one contract test suite;
 //! - [`edge::EdgeVectorStore`]: Qdrant Edge, Qdrant's engine in-process, under the data folder
-//!   (the default);
+//!   (the default), held by one process at a time (a lock file keeps a second one out);
 //! - [`server::QdrantVectorStore`]: a Qdrant server through `qdrant-client` (gRPC).
 //!
 //! Point ids are the chunk ids read as UUIDs, so writes are idempotent upserts. Replacing a
@@ -29,18 +29,54 @@ pub use server::QdrantVectorStore;
 #[derive(Debug, thiserror::Error)]
 pub enum VectorStoreError {
     /// The store refused or failed an operation.
-    #[error("vector store ({backend}): {operation}: {reason}")]
+    #[error("vector store ({backend}): {operation}: {source}")]
     Store {
         /// `edge` or `qdrant`.
         backend: &'static str,
         /// What was being done.
         operation: String,
-        /// Why it failed.
-        reason: String,
+        /// The engine's or client's error.
+        source: Box<dyn std::error::Error + Send + Sync>,
+        /// Whether trying again later can help (a server that is unavailable or overloaded).
+        retryable: bool,
+    },
+    /// The embedded store's folder is in use by another process.
+    #[error(
+        "vector store {path} is in use by another process (pid {holder}): Qdrant Edge opens its \
+         store in one process at a time; stop the other `twin` first, or use a Qdrant server \
+         (vectors.backend = \"qdrant\") to share one store"
+    )]
+    Locked {
+        /// The store's folder.
+        path: std::path::PathBuf,
+        /// The process holding it, as it wrote in the lock file ("unknown" if unreadable).
+        holder: String,
+    },
+    /// A file of the embedded store could not be read or written.
+    #[error("vector store {path}: {source}")]
+    Io {
+        /// The file or folder.
+        path: std::path::PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
     },
     /// A point does not fit the collection (wrong dimension, bad id).
     #[error("vector store: {0}")]
     Invalid(String),
+}
+
+impl VectorStoreError {
+    /// Whether trying again later can help, as opposed to bad input, a lock held by another
+    /// process, or a bug.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            VectorStoreError::Store {
+                retryable: true,
+                ..
+            }
+        )
+    }
 }
 
 /// The payload of every point.
@@ -182,22 +218,11 @@ pub const KINDS: [DocumentKind; 3] = [
     DocumentKind::Repository,
 ];
 
-/// A chunk id (32 hex digits) as the UUID Qdrant takes for a point id.
+/// A chunk id as the UUID Qdrant takes for a point id.
 pub fn point_uuid(chunk_id: &str) -> Result<String, VectorStoreError> {
-    let hex: String = chunk_id.chars().filter(|c| c.is_ascii_hexdigit()).collect();
-    if hex.len() != 32 || hex.len() != chunk_id.len() {
-        return Err(VectorStoreError::Invalid(format!(
-            "chunk id {chunk_id:?} is not 32 hex digits"
-        )));
-    }
-    Ok(format!(
-        "{}-{}-{}-{}-{}",
-        &hex[0..8],
-        &hex[8..12],
-        &hex[12..16],
-        &hex[16..20],
-        &hex[20..32]
-    ))
+    twin_schemas::ChunkId::parse(chunk_id)
+        .map(|id| id.uuid())
+        .map_err(|e| VectorStoreError::Invalid(e.to_string()))
 }
 
 /// Open the vector store the configuration names and create its collections.
@@ -207,10 +232,10 @@ pub async fn open(
     dimension: usize,
 ) -> Result<Arc<dyn VectorStore>, VectorStoreError> {
     let store: Arc<dyn VectorStore> = match config.backend {
-        VectorStoreBackend::Edge => Arc::new(EdgeVectorStore::new(
-            data_dir.join("vectors"),
+        VectorStoreBackend::Edge => Arc::new(EdgeVectorStore::open(
+            twin_config::DataLayout::new(data_dir).vectors(),
             &config.collection_prefix,
-        )),
+        )?),
         VectorStoreBackend::Qdrant => Arc::new(QdrantVectorStore::connect(
             &config.qdrant,
             &config.collection_prefix,
@@ -231,7 +256,6 @@ mod tests {
             "01234567-89ab-cdef-0123-456789abcdef"
         );
         assert!(point_uuid("short").is_err());
-        assert!(point_uuid("0123456789abcdef0123456789abcdeg").is_err());
     }
 
     #[test]

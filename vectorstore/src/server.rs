@@ -31,7 +31,28 @@ fn server_err(
     move |e| VectorStoreError::Store {
         backend: "qdrant",
         operation,
-        reason: e.to_string(),
+        retryable: transient(&e),
+        source: Box::new(e),
+    }
+}
+
+/// Whether a Qdrant error may go away on its own: the server unreachable, overloaded or slow.
+fn transient(e: &qdrant_client::QdrantError) -> bool {
+    use qdrant_client::QdrantError;
+    use tonic::Code;
+    match e {
+        QdrantError::ResourceExhaustedError { .. } => true,
+        QdrantError::ResponseError { status } => matches!(
+            status.code(),
+            Code::Unavailable
+                | Code::DeadlineExceeded
+                | Code::ResourceExhausted
+                | Code::Aborted
+                | Code::Cancelled
+                | Code::Unknown
+        ),
+        QdrantError::Io(_) => true,
+        _ => false,
     }
 }
 

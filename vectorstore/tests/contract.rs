@@ -1,34 +1,24 @@
-//! The vector store contract: one suite, run against Qdrant Edge, and against a Qdrant server
-//! with `QDRANT_URL=http://HOST:6334 cargo test -p twin-vectorstore -- --ignored` (no Qdrant
-//! server can be installed from the registries this project builds from, so CI runs the Edge
-//! half and reports the server half as ignored).
+//! The vector store contract: one suite, run against Qdrant Edge and against a real Qdrant
+//! server (started by `twin_testkit::qdrant` from the official binary; where no binary is found,
+//! the server half says it is skipped and why, except under CI, where it must run).
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
 use twin_config::QdrantConfig;
-use twin_schemas::{Author, Chunk, DocumentKind, EmbeddedChunk};
-use twin_stream_free_ids::chunk_id;
-use twin_vectorstore::{EdgeVectorStore, QdrantVectorStore, SearchFilter, VectorStore};
+use twin_schemas::{Author, Chunk, ChunkId, DocumentKind, EmbeddedChunk};
+use twin_testkit::Backend;
+use twin_vectorstore::{
+    EdgeVectorStore, QdrantVectorStore, SearchFilter, VectorStore, VectorStoreError,
+};
 
-/// Deterministic ids without depending on the stream crate.
-mod twin_stream_free_ids {
-    pub fn chunk_id(document: &str, position: i32) -> String {
-        let seed = format!("{document}/{position}");
-        let mut h: u128 = 0xcbf29ce484222325;
-        for b in seed.bytes() {
-            h = (h ^ u128::from(b)).wrapping_mul(0x100000001b3);
-        }
-        format!("{h:032x}")
-    }
+fn chunk_id(document: &str, position: i32) -> String {
+    ChunkId::new(document, position, "").into()
 }
 
 const DIM: usize = 8;
 
-struct Backend {
-    store: Arc<dyn VectorStore>,
-    _dir: Option<tempfile::TempDir>,
-}
+type Handle = Arc<dyn VectorStore>;
 
 fn unique() -> String {
     static N: AtomicU32 = AtomicU32::new(0);
@@ -39,29 +29,24 @@ fn unique() -> String {
     )
 }
 
-async fn edge() -> Backend {
+async fn edge() -> Option<Backend<Handle>> {
     let dir = tempfile::tempdir().expect("tempdir");
-    let store = EdgeVectorStore::new(dir.path().join("vectors"), &unique());
+    let store = EdgeVectorStore::open(dir.path().join("vectors"), &unique()).expect("open");
     store.ensure_collections(DIM).await.expect("collections");
-    Backend {
-        store: Arc::new(store),
-        _dir: Some(dir),
-    }
+    Some(Backend::with_guard(Arc::new(store), dir))
 }
 
-async fn qdrant() -> Backend {
-    let url = std::env::var("QDRANT_URL")
-        .expect("QDRANT_URL names the Qdrant server to test (gRPC, e.g. http://127.0.0.1:6334)");
+async fn qdrant() -> Option<Backend<Handle>> {
+    let server = twin_testkit::qdrant::qdrant_or_skip(
+        "the Qdrant server half of the vector-store contract",
+    )?;
     let config = QdrantConfig {
-        url,
-        api_key: std::env::var("QDRANT_API_KEY").unwrap_or_default(),
+        url: server.grpc_url.clone(),
+        api_key: String::new(),
     };
     let store = QdrantVectorStore::connect(&config, &unique()).expect("connect");
     store.ensure_collections(DIM).await.expect("collections");
-    Backend {
-        store: Arc::new(store),
-        _dir: None,
-    }
+    Some(Backend::new(Arc::new(store)))
 }
 
 /// A unit vector pointing mostly along axis `axis`.
@@ -305,43 +290,22 @@ async fn drop_all_empties_the_store_for_a_rebuild(s: Arc<dyn VectorStore>) {
     );
 }
 
-macro_rules! contract {
-    ($($test:ident),* $(,)?) => {
-        mod edge {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $test() {
-                    let backend = super::edge().await;
-                    super::$test(backend.store.clone()).await;
-                }
-            )*
-        }
-        mod qdrant {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                #[ignore = "needs a Qdrant server: QDRANT_URL=http://HOST:6334 cargo test -p twin-vectorstore -- --ignored"]
-                async fn $test() {
-                    let backend = super::qdrant().await;
-                    super::$test(backend.store.clone()).await;
-                }
-            )*
-        }
-    };
+twin_testkit::contract_suite! {
+    backends: [edge, qdrant],
+    tests: [
+        points_are_searchable_with_their_payload,
+        filters_select_by_author_platform_and_document,
+        replacing_a_document_leaves_no_stale_point,
+        a_tombstone_removes_every_point_of_the_document,
+        drop_all_empties_the_store_for_a_rebuild,
+    ],
 }
-
-contract!(
-    points_are_searchable_with_their_payload,
-    filters_select_by_author_platform_and_document,
-    replacing_a_document_leaves_no_stale_point,
-    a_tombstone_removes_every_point_of_the_document,
-    drop_all_empties_the_store_for_a_rebuild,
-);
 
 #[tokio::test]
 async fn the_embedded_store_survives_a_restart() {
     let dir = tempfile::tempdir().expect("tempdir");
     {
-        let store = EdgeVectorStore::new(dir.path().to_path_buf(), "p_");
+        let store = EdgeVectorStore::open(dir.path().to_path_buf(), "p_").expect("open");
         store.ensure_collections(DIM).await.expect("collections");
         store
             .replace_document(
@@ -352,7 +316,7 @@ async fn the_embedded_store_survives_a_restart() {
             .await
             .expect("write");
     }
-    let store = EdgeVectorStore::new(dir.path().to_path_buf(), "p_");
+    let store = EdgeVectorStore::open(dir.path().to_path_buf(), "p_").expect("open");
     store.ensure_collections(DIM).await.expect("reopen");
     let hits = store
         .search(
@@ -365,4 +329,25 @@ async fn the_embedded_store_survives_a_restart() {
         .expect("search");
     assert_eq!(hits.len(), 1);
     assert_eq!(hits[0].payload.document_id, "d");
+}
+
+#[tokio::test]
+async fn a_second_opener_of_an_embedded_store_is_refused_until_the_first_is_gone() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let first = EdgeVectorStore::open(dir.path().to_path_buf(), "p_").expect("open");
+    first.ensure_collections(DIM).await.expect("collections");
+    match EdgeVectorStore::open(dir.path().to_path_buf(), "p_") {
+        Err(e @ VectorStoreError::Locked { .. }) => {
+            let message = e.to_string();
+            assert!(message.contains("in use by another process"), "{message}");
+            assert!(
+                message.contains(&std::process::id().to_string()),
+                "names the holder: {message}"
+            );
+        }
+        Err(other) => panic!("wrong error: {other}"),
+        Ok(_) => panic!("a second store opened the same folder"),
+    }
+    drop(first);
+    EdgeVectorStore::open(dir.path().to_path_buf(), "p_").expect("free again once dropped");
 }

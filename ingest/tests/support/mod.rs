@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use twin_config::{SourceConfig, TwinConfig};
 use twin_eventlog::{EventConsumer, EventLog, StartFrom};
-use twin_ingest::testkit::{FixtureServer, Route};
 use twin_schemas::Event;
+use twin_testkit::{FixtureServer, Route};
 
 /// The platforms, each on its own server (its own host, as in life).
 pub struct Platforms {

@@ -1,0 +1,381 @@
+//! The stream worker when things go wrong: transient write failures retried with nothing lost
+//! or duplicated, permanent ones stopping the worker without committing, an embedder that
+//! miscounts refused, a document the chunk stage refuses dead-lettered with its original bytes.
+//! (Apart from `worker.rs`, whose test reads the process's metrics.)
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use twin_config::{StreamConfig, TwinConfig};
+use twin_eventlog::publish;
+use twin_schemas::{
+    content_hash, document_id, Author, BlockKind, Chunk, CleanedDocument, ContentBlock,
+    DocumentKind, Event, Position, RawDocument,
+};
+use twin_stream::worker::pair_vectors;
+use twin_stream::{dlq, Pipeline, RunOptions, StreamError};
+use twin_vectorstore::SearchFilter;
+use twin_warehouse::{
+    ChunkCursor, Counts, DocumentFilter, Stored, StoredChunk, Warehouse, WarehouseError,
+};
+
+fn article(slug: &str, paragraphs: &[&str]) -> RawDocument {
+    let mut content = vec![ContentBlock {
+        level: 1,
+        ..ContentBlock::new(BlockKind::Heading, format!("About {slug}"))
+    }];
+    content.extend(paragraphs.iter().map(|p| ContentBlock::paragraph(*p)));
+    let url = format!("https://paul.substack.com/p/{slug}");
+    RawDocument {
+        id: document_id("substack", &url),
+        kind: DocumentKind::Article,
+        platform: "substack".into(),
+        author: Author {
+            id: "paul".into(),
+            full_name: "Paul Iusztin".into(),
+        },
+        url,
+        title: format!("About {slug}"),
+        published_at: Some(1_700_000_000_000),
+        crawled_at: 1_764_000_000_000,
+        content_hash: content_hash(&content),
+        content,
+        metadata: BTreeMap::new(),
+    }
+}
+
+fn config(dir: &std::path::Path) -> TwinConfig {
+    TwinConfig {
+        data_dir: dir.to_path_buf(),
+        ..TwinConfig::default()
+    }
+}
+
+fn once() -> RunOptions {
+    RunOptions {
+        until_caught_up: true,
+        ..RunOptions::default()
+    }
+}
+
+/// The real SQLite warehouse behind a switch that makes its writes fail first: `failures`
+/// times with `error`, then as the warehouse does. Not a mock: every read and every write that
+/// goes through reaches SQLite.
+struct FailingFirst {
+    inner: std::sync::Arc<dyn Warehouse>,
+    failures: AtomicU32,
+    retryable: bool,
+}
+
+impl FailingFirst {
+    fn check(&self) -> Result<(), WarehouseError> {
+        let left = self.failures.load(Ordering::SeqCst);
+        if left == 0 {
+            return Ok(());
+        }
+        self.failures.store(left - 1, Ordering::SeqCst);
+        Err(if self.retryable {
+            WarehouseError::Io {
+                path: "warehouse".into(),
+                source: std::io::Error::new(std::io::ErrorKind::TimedOut, "the server timed out"),
+            }
+        } else {
+            WarehouseError::Invalid("a permanent failure".into())
+        })
+    }
+}
+
+#[async_trait::async_trait]
+impl Warehouse for FailingFirst {
+    fn backend(&self) -> &'static str {
+        self.inner.backend()
+    }
+    async fn ensure_schema(&self) -> Result<(), WarehouseError> {
+        self.inner.ensure_schema().await
+    }
+    async fn put_raw(&self, doc: &RawDocument, at: Position) -> Result<(), WarehouseError> {
+        self.inner.put_raw(doc, at).await
+    }
+    async fn put_cleaned(&self, doc: &CleanedDocument, at: Position) -> Result<(), WarehouseError> {
+        self.inner.put_cleaned(doc, at).await
+    }
+    async fn replace_chunks(
+        &self,
+        document_id: &str,
+        chunks: &[Chunk],
+        at: Position,
+    ) -> Result<(), WarehouseError> {
+        // Fails after the raw and cleaned rows of the batch's first document went in: the
+        // retry writes them again.
+        self.check()?;
+        self.inner.replace_chunks(document_id, chunks, at).await
+    }
+    async fn delete_document(&self, document_id: &str, at: Position) -> Result<(), WarehouseError> {
+        self.inner.delete_document(document_id, at).await
+    }
+    async fn record_applied(&self, positions: &[Position]) -> Result<(), WarehouseError> {
+        self.inner.record_applied(positions).await
+    }
+    async fn applied(&self) -> Result<Vec<Position>, WarehouseError> {
+        self.inner.applied().await
+    }
+    async fn raw(&self, id: &str) -> Result<Option<RawDocument>, WarehouseError> {
+        self.inner.raw(id).await
+    }
+    async fn cleaned(&self, id: &str) -> Result<Option<CleanedDocument>, WarehouseError> {
+        self.inner.cleaned(id).await
+    }
+    async fn chunks(&self, document_id: &str) -> Result<Vec<StoredChunk>, WarehouseError> {
+        self.inner.chunks(document_id).await
+    }
+    async fn raw_page(
+        &self,
+        filter: &DocumentFilter,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Stored<RawDocument>>, WarehouseError> {
+        self.inner.raw_page(filter, after, limit).await
+    }
+    async fn cleaned_page(
+        &self,
+        filter: &DocumentFilter,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Stored<CleanedDocument>>, WarehouseError> {
+        self.inner.cleaned_page(filter, after, limit).await
+    }
+    async fn chunk_page(
+        &self,
+        filter: &DocumentFilter,
+        after: Option<&ChunkCursor>,
+        limit: usize,
+    ) -> Result<Vec<StoredChunk>, WarehouseError> {
+        self.inner.chunk_page(filter, after, limit).await
+    }
+    async fn counts(&self, filter: &DocumentFilter) -> Result<Counts, WarehouseError> {
+        self.inner.counts(filter).await
+    }
+    async fn drop_all(&self) -> Result<(), WarehouseError> {
+        self.inner.drop_all().await
+    }
+}
+
+/// The pipeline of `config` with its warehouse behind a [`FailingFirst`].
+async fn failing_pipeline(config: &TwinConfig, failures: u32, retryable: bool) -> Pipeline {
+    let open = Pipeline::open(config).await.expect("pipeline");
+    let warehouse = std::sync::Arc::new(FailingFirst {
+        inner: open.warehouse.clone(),
+        failures: AtomicU32::new(failures),
+        retryable,
+    });
+    Pipeline::new(
+        open.log.clone(),
+        open.topics.clone(),
+        warehouse,
+        open.vectors.clone(),
+        open.embedder.clone(),
+        open.chunker.clone(),
+        &StreamConfig {
+            write_backoff_ms: 10,
+            ..config.stream.clone()
+        },
+    )
+}
+
+fn three_articles() -> Vec<RawDocument> {
+    ["retry-a", "retry-b", "retry-c"]
+        .iter()
+        .map(|slug| {
+            article(
+                slug,
+                &[&format!(
+                    "The {slug} article talks about retries after a timeout."
+                )],
+            )
+        })
+        .collect()
+}
+
+/// Every document's chunks are in the warehouse once, and in the vector store once.
+async fn assert_projected_once(pipeline: &Pipeline, docs: &[RawDocument]) {
+    let mut total = 0;
+    for doc in docs {
+        let chunks = pipeline.warehouse.chunks(&doc.id).await.expect("chunks");
+        assert!(!chunks.is_empty(), "{} has chunks", doc.id);
+        let points = pipeline
+            .vectors
+            .count(
+                DocumentKind::Article,
+                &SearchFilter {
+                    document_id: Some(doc.id.clone()),
+                    ..Default::default()
+                },
+            )
+            .await
+            .expect("count");
+        assert_eq!(
+            points,
+            chunks.len() as u64,
+            "one point per chunk of {}",
+            doc.id
+        );
+        total += chunks.len() as u64;
+    }
+    let counts = pipeline
+        .warehouse
+        .counts(&DocumentFilter::all())
+        .await
+        .expect("counts");
+    assert_eq!(
+        (counts.raw, counts.cleaned, counts.chunks),
+        (docs.len() as u64, docs.len() as u64, total)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transient_sink_failure_is_retried_and_nothing_is_lost_or_duplicated() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = config(dir.path());
+    let pipeline = failing_pipeline(&config, 2, true).await;
+    let docs = three_articles();
+    let events: Vec<Event> = docs.iter().cloned().map(Event::Raw).collect();
+    publish(pipeline.log.as_ref(), &config.topics.raw_documents, &events)
+        .await
+        .expect("publish");
+    let stats = pipeline
+        .run(&once(), std::future::pending())
+        .await
+        .expect("the run goes through after the retries");
+    assert_eq!(stats.retried_batches, 1, "{stats:?}");
+    assert_eq!(stats.documents, 3);
+    assert_projected_once(&pipeline, &docs).await;
+    // Everything was committed: nothing left to do.
+    let again = pipeline
+        .run(&once(), std::future::pending())
+        .await
+        .expect("again");
+    assert_eq!(again.documents, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_permanent_sink_failure_stops_the_worker_without_committing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = config(dir.path());
+    let docs = three_articles();
+    {
+        let pipeline = failing_pipeline(&config, 1, false).await;
+        let events: Vec<Event> = docs.iter().cloned().map(Event::Raw).collect();
+        publish(pipeline.log.as_ref(), &config.topics.raw_documents, &events)
+            .await
+            .expect("publish");
+        let err = pipeline
+            .run(&once(), std::future::pending())
+            .await
+            .expect_err("a permanent failure stops the run");
+        assert!(!err.is_retryable());
+        assert!(err.to_string().contains("a permanent failure"), "{err}");
+    }
+    // Nothing was committed: the next run projects every document.
+    let pipeline = Pipeline::open(&config).await.expect("pipeline");
+    let stats = pipeline
+        .run(&once(), std::future::pending())
+        .await
+        .expect("run");
+    assert_eq!(stats.documents, 3);
+    assert_projected_once(&pipeline, &docs).await;
+}
+
+#[test]
+fn an_embedder_that_returns_another_number_of_vectors_is_an_error() {
+    let doc = article("count", &["One sentence.", "Another one."]);
+    let chunk = |position: i32, text: &str| Chunk {
+        id: twin_schemas::ChunkId::new(&doc.id, position, text).into(),
+        document_id: doc.id.clone(),
+        kind: doc.kind,
+        platform: doc.platform.clone(),
+        author: doc.author.clone(),
+        url: doc.url.clone(),
+        title: doc.title.clone(),
+        published_at: doc.published_at,
+        position,
+        text: text.into(),
+        token_count: 2,
+        document_hash: doc.content_hash.clone(),
+        chunked_at: 1,
+    };
+    let chunks = vec![chunk(0, "One sentence."), chunk(1, "Another one.")];
+    let err = pair_vectors(&[&chunks], vec![vec![0.5; 4]], "model", 1)
+        .expect_err("fewer vectors than chunks");
+    assert!(
+        matches!(
+            err,
+            StreamError::VectorCount {
+                chunks: 2,
+                vectors: 1
+            }
+        ),
+        "{err}"
+    );
+    let paired = pair_vectors(
+        &[&chunks[..1], &[], &chunks[1..]],
+        vec![vec![0.1; 4], vec![0.2; 4]],
+        "model",
+        1,
+    )
+    .expect("one vector each");
+    assert_eq!(paired.iter().map(Vec::len).collect::<Vec<_>>(), [1, 0, 1]);
+    assert_eq!(paired[2][0].embedding, vec![0.2; 4], "in order");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_document_the_chunk_stage_refuses_is_dead_lettered_with_its_original_bytes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = config(dir.path());
+    config.chunking.max_document_bytes = 200;
+    let pipeline = Pipeline::open(&config).await.expect("pipeline");
+    let huge = article(
+        "huge",
+        &[&"A long paragraph about chunk limits. ".repeat(20)],
+    );
+    let fine = article("fine", &["Short enough."]);
+    let bytes = twin_schemas::encode(&Event::Raw(huge.clone())).expect("encode");
+    let topic = &config.topics.raw_documents;
+    pipeline
+        .log
+        .append(topic, huge.id.as_bytes(), &bytes)
+        .await
+        .expect("append");
+    publish(pipeline.log.as_ref(), topic, &[Event::Raw(fine.clone())])
+        .await
+        .expect("publish");
+    let stats = pipeline
+        .run(&once(), std::future::pending())
+        .await
+        .expect("run");
+    assert_eq!((stats.documents, stats.dead_letters), (1, 1), "{stats:?}");
+    let letters = dlq::list(pipeline.log.as_ref(), &config.topics.dead_letters)
+        .await
+        .expect("dlq");
+    assert_eq!(letters.len(), 1);
+    let letter = &letters[0].1;
+    assert_eq!(
+        letter.payload().expect("payload"),
+        bytes,
+        "the original bytes, as appended"
+    );
+    assert_eq!(letter.key, huge.id);
+    assert!(
+        letter.reason.contains("max_document_bytes"),
+        "{}",
+        letter.reason
+    );
+    assert!(
+        pipeline
+            .warehouse
+            .raw(&fine.id)
+            .await
+            .expect("raw")
+            .is_some(),
+        "the rest goes on"
+    );
+}

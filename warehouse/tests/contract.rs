@@ -1,0 +1,402 @@
+//! The warehouse contract: one suite, run against the embedded SQLite warehouse and against a
+//! real ClickHouse server (started by `twin_testkit::clickhouse`), for the write side (what the
+//! stream worker does) and the read side (what training and serving read).
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+
+use futures::TryStreamExt;
+use twin_config::ClickHouseConfig;
+use twin_schemas::{CleanedDocument, DocumentKind, Position, RawDocument};
+use twin_testkit::documents::{article as raw, chunks};
+use twin_testkit::Backend;
+use twin_warehouse::{
+    scan_chunks, scan_cleaned, scan_raw, ClickHouseWarehouse, DocumentFilter, SqliteWarehouse,
+    Warehouse, WarehouseError,
+};
+
+type Handle = Arc<dyn Warehouse>;
+
+async fn embedded() -> Option<Backend<Handle>> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let warehouse = SqliteWarehouse::open(&dir.path().join("warehouse.sqlite")).expect("open");
+    warehouse.ensure_schema().await.expect("schema");
+    Some(Backend::with_guard(Arc::new(warehouse), dir))
+}
+
+async fn clickhouse() -> Option<Backend<Handle>> {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let server = twin_testkit::clickhouse::clickhouse().unwrap_or_else(|e| panic!("{e}"));
+    let config = ClickHouseConfig {
+        url: server.url.clone(),
+        database: format!(
+            "test_{}_{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ),
+        ..ClickHouseConfig::default()
+    };
+    let warehouse = ClickHouseWarehouse::connect(&config)
+        .await
+        .expect("connect");
+    warehouse.ensure_schema().await.expect("schema");
+    Some(Backend::new(Arc::new(warehouse)))
+}
+
+/// A cleaned document as the clean stage would make it (the stage itself lives in twin-stream).
+fn cleaned(doc: &RawDocument) -> CleanedDocument {
+    CleanedDocument {
+        id: doc.id.clone(),
+        kind: doc.kind,
+        platform: doc.platform.clone(),
+        author: doc.author.clone(),
+        url: doc.url.clone(),
+        title: doc.title.clone(),
+        published_at: doc.published_at,
+        cleaned_at: 9,
+        content_hash: doc.content_hash.clone(),
+        content: doc.content.clone(),
+        raw_content_hash: doc.content_hash.clone(),
+        metadata: doc.metadata.clone(),
+    }
+}
+
+fn at(offset: u64) -> Position {
+    Position {
+        partition: 1,
+        offset,
+    }
+}
+
+fn texts(stored: &[twin_warehouse::StoredChunk]) -> Vec<String> {
+    stored.iter().map(|s| s.value.text.clone()).collect()
+}
+
+async fn documents_round_trip_with_their_log_position(w: Handle) {
+    let doc = raw("doc-a", "Hello 𝗯𝗼𝗹𝗱 world.");
+    w.put_raw(&doc, at(5)).await.expect("put raw");
+    assert_eq!(w.raw("doc-a").await.expect("get"), Some(doc.clone()));
+    let cleaned = cleaned(&doc);
+    w.put_cleaned(&cleaned, at(5)).await.expect("put cleaned");
+    assert_eq!(w.cleaned("doc-a").await.expect("get"), Some(cleaned));
+    w.replace_chunks("doc-a", &chunks("doc-a", &["one", "two"]), at(5))
+        .await
+        .expect("chunks");
+    let stored = w.chunks("doc-a").await.expect("chunks");
+    assert_eq!(texts(&stored), ["one", "two"]);
+    assert!(stored.iter().all(|s| s.position == at(5)));
+    assert_eq!(w.raw("missing").await.expect("get"), None);
+}
+
+async fn writes_are_idempotent(w: Handle) {
+    let doc = raw("doc-b", "Same event twice.");
+    for _ in 0..3 {
+        w.put_raw(&doc, at(7)).await.expect("put");
+        w.replace_chunks("doc-b", &chunks("doc-b", &["x", "y"]), at(7))
+            .await
+            .expect("chunks");
+    }
+    let counts = w.counts(&DocumentFilter::all()).await.expect("counts");
+    assert_eq!((counts.raw, counts.chunks), (1, 2));
+}
+
+async fn a_changed_document_leaves_no_stale_chunk(w: Handle) {
+    w.replace_chunks(
+        "doc-c",
+        &chunks("doc-c", &["old one", "old two", "old three"]),
+        at(1),
+    )
+    .await
+    .expect("v1");
+    w.replace_chunks("doc-c", &chunks("doc-c", &["new one", "old two"]), at(2))
+        .await
+        .expect("v2");
+    let stored = w.chunks("doc-c").await.expect("chunks");
+    assert_eq!(texts(&stored), ["new one", "old two"]);
+    assert_eq!(
+        w.counts(&DocumentFilter::all())
+            .await
+            .expect("counts")
+            .chunks,
+        2
+    );
+    // A redelivered older event does not bring the old version back.
+    w.replace_chunks(
+        "doc-c",
+        &chunks("doc-c", &["old one", "old two", "old three"]),
+        at(1),
+    )
+    .await
+    .expect("late v1");
+    assert_eq!(
+        texts(&w.chunks("doc-c").await.expect("chunks")),
+        ["new one", "old two"]
+    );
+}
+
+async fn a_tombstone_removes_the_document_and_its_chunks(w: Handle) {
+    let doc = raw("doc-d", "Soon gone.");
+    w.put_raw(&doc, at(3)).await.expect("raw");
+    w.put_cleaned(&cleaned(&doc), at(3)).await.expect("cleaned");
+    w.replace_chunks("doc-d", &chunks("doc-d", &["a", "b"]), at(3))
+        .await
+        .expect("chunks");
+    w.put_raw(&raw("doc-e", "Stays."), at(4))
+        .await
+        .expect("other");
+    w.delete_document("doc-d", at(8)).await.expect("delete");
+    assert_eq!(w.raw("doc-d").await.expect("raw"), None);
+    assert_eq!(w.cleaned("doc-d").await.expect("cleaned"), None);
+    assert!(w.chunks("doc-d").await.expect("chunks").is_empty());
+    assert!(
+        w.raw("doc-e").await.expect("raw").is_some(),
+        "other documents stay"
+    );
+    let counts = w.counts(&DocumentFilter::all()).await.expect("counts");
+    assert_eq!((counts.raw, counts.cleaned, counts.chunks), (1, 0, 0));
+    // The document can come back later.
+    w.put_raw(&doc, at(9)).await.expect("back");
+    assert!(w.raw("doc-d").await.expect("raw").is_some());
+}
+
+async fn drop_all_empties_the_warehouse_for_a_rebuild(w: Handle) {
+    w.put_raw(&raw("doc-f", "x"), at(1)).await.expect("raw");
+    w.drop_all().await.expect("drop");
+    w.ensure_schema().await.expect("schema again");
+    assert_eq!(
+        w.counts(&DocumentFilter::all()).await.expect("counts").raw,
+        0
+    );
+}
+
+/// A small library: two authors, three kinds, two platforms, four publication times.
+async fn library(w: &Handle) -> Vec<RawDocument> {
+    let mut docs = Vec::new();
+    for (i, (author, kind, platform, published)) in [
+        ("paul", DocumentKind::Article, "substack", Some(1_000)),
+        ("paul", DocumentKind::Post, "linkedin", Some(2_000)),
+        ("maxime", DocumentKind::Article, "substack", Some(3_000)),
+        ("paul", DocumentKind::Repository, "github", None),
+        ("maxime", DocumentKind::Article, "medium", Some(4_000)),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut doc = raw(&format!("lib-{i}"), &format!("Document {i}."));
+        doc.author.id = author.into();
+        doc.kind = kind;
+        doc.platform = platform.into();
+        doc.published_at = published;
+        let mut its_chunks = chunks(&doc.id, &["first", "second", "third"][..=i % 3]);
+        for chunk in &mut its_chunks {
+            chunk.author.id = author.into();
+            chunk.kind = kind;
+            chunk.platform = platform.into();
+            chunk.published_at = published;
+        }
+        let position = at(10 + i as u64);
+        w.put_raw(&doc, position).await.expect("raw");
+        w.put_cleaned(&cleaned(&doc), position)
+            .await
+            .expect("cleaned");
+        w.replace_chunks(&doc.id, &its_chunks, position)
+            .await
+            .expect("chunks");
+        docs.push(doc);
+    }
+    docs
+}
+
+async fn raw_ids(w: &Handle, filter: DocumentFilter) -> Vec<String> {
+    scan_raw(w.as_ref(), filter)
+        .map_ok(|s| s.value.id)
+        .try_collect()
+        .await
+        .expect("scan raw")
+}
+
+async fn scans_filter_by_author_kind_platform_time_and_ids(w: Handle) {
+    library(&w).await;
+    assert_eq!(
+        raw_ids(&w, DocumentFilter::all()).await,
+        ["lib-0", "lib-1", "lib-2", "lib-3", "lib-4"]
+    );
+    let by_author = DocumentFilter {
+        author_id: Some("maxime".into()),
+        ..Default::default()
+    };
+    assert_eq!(raw_ids(&w, by_author).await, ["lib-2", "lib-4"]);
+    let articles_on_substack = DocumentFilter {
+        kind: Some(DocumentKind::Article),
+        platform: Some("substack".into()),
+        ..Default::default()
+    };
+    assert_eq!(raw_ids(&w, articles_on_substack).await, ["lib-0", "lib-2"]);
+    let published = DocumentFilter {
+        published_from: Some(2_000),
+        published_until: Some(4_000),
+        ..Default::default()
+    };
+    assert_eq!(raw_ids(&w, published).await, ["lib-1", "lib-2"]);
+    let some = DocumentFilter::documents(["lib-3", "lib-0", "missing"]);
+    assert_eq!(raw_ids(&w, some.clone()).await, ["lib-0", "lib-3"]);
+    let cleaned_ids: Vec<String> = scan_cleaned(w.as_ref(), some.clone())
+        .map_ok(|s| s.value.id)
+        .try_collect()
+        .await
+        .expect("scan cleaned");
+    assert_eq!(cleaned_ids, ["lib-0", "lib-3"]);
+    let chunk_keys: Vec<(String, i32)> = scan_chunks(w.as_ref(), some)
+        .map_ok(|s| (s.value.document_id, s.value.position))
+        .try_collect()
+        .await
+        .expect("scan chunks");
+    assert_eq!(
+        chunk_keys,
+        [("lib-0".to_string(), 0), ("lib-3".to_string(), 0)],
+        "chunks of the selected documents, by document then position"
+    );
+    let none = DocumentFilter::documents(Vec::<String>::new());
+    assert!(raw_ids(&w, none).await.is_empty());
+}
+
+async fn scans_page_through_everything_once_in_order_with_positions(w: Handle) {
+    let docs = library(&w).await;
+    // Pages of two: every document once, in id order, each with its event's position.
+    let mut seen = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = w
+            .raw_page(&DocumentFilter::all(), after.as_deref(), 2)
+            .await
+            .expect("page");
+        if page.is_empty() {
+            break;
+        }
+        assert!(page.len() <= 2);
+        after = page.last().map(|s| s.value.id.clone());
+        seen.extend(page.into_iter().map(|s| (s.value.id, s.position)));
+    }
+    let want: Vec<(String, Position)> = docs
+        .iter()
+        .enumerate()
+        .map(|(i, d)| (d.id.clone(), at(10 + i as u64)))
+        .collect();
+    assert_eq!(seen, want);
+    // Chunk pages of one resume exactly after the cursor.
+    let mut keys = Vec::new();
+    let mut cursor = None;
+    loop {
+        let page = w
+            .chunk_page(&DocumentFilter::all(), cursor.as_ref(), 1)
+            .await
+            .expect("chunk page");
+        let Some(last) = page.last() else { break };
+        cursor = Some(twin_warehouse::ChunkCursor {
+            document_id: last.value.document_id.clone(),
+            position: last.value.position,
+        });
+        keys.extend(
+            page.iter()
+                .map(|s| (s.value.document_id.clone(), s.value.position)),
+        );
+    }
+    let total: usize = (0..5).map(|i| i % 3 + 1).sum();
+    assert_eq!(keys.len(), total, "every live chunk once");
+    let mut sorted = keys.clone();
+    sorted.sort();
+    assert_eq!(keys, sorted, "in document, then position order");
+}
+
+async fn retired_rows_are_not_read(w: Handle) {
+    library(&w).await;
+    w.delete_document("lib-1", at(40)).await.expect("delete");
+    w.replace_chunks("lib-2", &chunks("lib-2", &["only"]), at(41))
+        .await
+        .expect("replace");
+    assert_eq!(
+        raw_ids(&w, DocumentFilter::all()).await,
+        ["lib-0", "lib-2", "lib-3", "lib-4"]
+    );
+    let lib2: Vec<String> = scan_chunks(w.as_ref(), DocumentFilter::documents(["lib-2"]))
+        .map_ok(|s| s.value.text)
+        .try_collect()
+        .await
+        .expect("scan");
+    assert_eq!(lib2, ["only"]);
+}
+
+async fn counts_follow_the_filter(w: Handle) {
+    library(&w).await;
+    let all = w.counts(&DocumentFilter::all()).await.expect("counts");
+    assert_eq!(
+        (all.raw, all.cleaned, all.chunks),
+        (5, 5, 1 + 2 + 3 + 1 + 2)
+    );
+    let paul = DocumentFilter {
+        author_id: Some("paul".into()),
+        ..Default::default()
+    };
+    let counts = w.counts(&paul).await.expect("counts");
+    assert_eq!(
+        (counts.raw, counts.cleaned, counts.chunks),
+        (3, 3, 1 + 2 + 1)
+    );
+}
+
+async fn applied_positions_keep_the_furthest_per_partition(w: Handle) {
+    assert!(w.applied().await.expect("applied").is_empty());
+    let p = |partition, offset| Position { partition, offset };
+    w.record_applied(&[p(0, 4), p(2, 9)]).await.expect("record");
+    w.record_applied(&[p(0, 7)]).await.expect("record");
+    // A late, older record does not move a partition back.
+    w.record_applied(&[p(2, 3)]).await.expect("record");
+    assert_eq!(w.applied().await.expect("applied"), [p(0, 7), p(2, 9)]);
+    w.drop_all().await.expect("drop");
+    w.ensure_schema().await.expect("schema");
+    assert!(
+        w.applied().await.expect("applied").is_empty(),
+        "a rebuild starts from nothing"
+    );
+}
+
+twin_testkit::contract_suite! {
+    backends: [embedded, clickhouse],
+    tests: [
+        documents_round_trip_with_their_log_position,
+        writes_are_idempotent,
+        a_changed_document_leaves_no_stale_chunk,
+        a_tombstone_removes_the_document_and_its_chunks,
+        drop_all_empties_the_warehouse_for_a_rebuild,
+        scans_filter_by_author_kind_platform_time_and_ids,
+        scans_page_through_everything_once_in_order_with_positions,
+        retired_rows_are_not_read,
+        counts_follow_the_filter,
+        applied_positions_keep_the_furthest_per_partition,
+    ],
+}
+
+#[tokio::test]
+async fn a_warehouse_of_an_older_layout_asks_for_a_rebuild() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("warehouse.sqlite");
+    // The layout before versions were kept: no author column, no user_version.
+    old_layout(&path);
+    let warehouse = SqliteWarehouse::open(&path).expect("open");
+    let err = warehouse.ensure_schema().await.expect_err("refused");
+    assert!(
+        matches!(err, WarehouseError::SchemaVersion { found: 1, .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("twin stream --rebuild"), "{err}");
+    // After a rebuild's drop, the new layout is made.
+    warehouse.drop_all().await.expect("drop");
+    warehouse.ensure_schema().await.expect("schema");
+}
+
+fn old_layout(path: &std::path::Path) {
+    let connection = rusqlite::Connection::open(path).expect("sqlite");
+    connection
+        .execute_batch("CREATE TABLE raw_documents (id TEXT PRIMARY KEY, body TEXT)")
+        .expect("old table");
+}
