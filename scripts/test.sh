@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The test command: installs what the tests need (scripts/setup.sh), then runs every test of
-# the workspace. The Kafka contract tests start their own Tansu broker; nothing else need run.
+# the workspace. The tests start their own Tansu broker, ClickHouse server and Qdrant server
+# (twin-testkit; the Qdrant binary is $QDRANT_BIN, or ../shared/bin/qdrant beside the
+# repository); nothing else need run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,6 +16,16 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$CACHE/target}"
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
+# No test code ships: the twin binary does not link the test harness, and the crawlers do not
+# pull in an HTTP server.
+if cargo tree --locked -e normal -p twin --prefix none | grep -q '^twin-testkit '; then
+  echo "the twin binary links twin-testkit (a dev-dependency only)" >&2
+  exit 1
+fi
+if cargo tree --locked -e normal -p twin-ingest --prefix none | grep -q '^axum '; then
+  echo "twin-ingest links axum (the fixture server belongs to twin-testkit)" >&2
+  exit 1
+fi
 results="$(mktemp)"
 trap 'rm -f "$results"' EXIT
 set +e

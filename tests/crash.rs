@@ -45,7 +45,7 @@ impl Setup {
             ..TwinConfig::default()
         };
         if let Backends::KafkaQdrant { name, .. } = &self.backends {
-            config.topics.raw_documents = format!("{name}-raw");
+            config.topics.raw_documents = format!("{name}-raw-documents");
         }
         config
     }

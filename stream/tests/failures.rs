@@ -14,35 +14,11 @@ use twin_schemas::{
 };
 use twin_stream::worker::pair_vectors;
 use twin_stream::{dlq, Pipeline, RunOptions, StreamError};
+use twin_testkit::documents::substack_article as article;
 use twin_vectorstore::SearchFilter;
 use twin_warehouse::{
     ChunkCursor, Counts, DocumentFilter, Stored, StoredChunk, Warehouse, WarehouseError,
 };
-
-fn article(slug: &str, paragraphs: &[&str]) -> RawDocument {
-    let mut content = vec![ContentBlock {
-        level: 1,
-        ..ContentBlock::new(BlockKind::Heading, format!("About {slug}"))
-    }];
-    content.extend(paragraphs.iter().map(|p| ContentBlock::paragraph(*p)));
-    let url = format!("https://paul.substack.com/p/{slug}");
-    RawDocument {
-        id: document_id("substack", &url),
-        kind: DocumentKind::Article,
-        platform: "substack".into(),
-        author: Author {
-            id: "paul".into(),
-            full_name: "Paul Iusztin".into(),
-        },
-        url,
-        title: format!("About {slug}"),
-        published_at: Some(1_700_000_000_000),
-        crawled_at: 1_764_000_000_000,
-        content_hash: content_hash(&content),
-        content,
-        metadata: BTreeMap::new(),
-    }
-}
 
 fn config(dir: &std::path::Path) -> TwinConfig {
     TwinConfig {

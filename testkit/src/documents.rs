@@ -5,7 +5,8 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use twin_schemas::{
-    content_hash, document_id, Author, Chunk, ChunkId, ContentBlock, DocumentKind, RawDocument,
+    content_hash, document_id, Author, BlockKind, Chunk, ChunkId, ContentBlock, DocumentKind,
+    RawDocument,
 };
 
 /// The author every fixture is written by.
@@ -31,6 +32,33 @@ pub fn article(id: &str, text: &str) -> RawDocument {
         content_hash: content_hash(&content),
         content,
         metadata: BTreeMap::from([("subtitle".to_string(), "sub".to_string())]),
+    }
+}
+
+/// A Substack article as a crawler emits it: a heading "About SLUG", then one paragraph block
+/// per paragraph; its id derives from its url, as the crawlers derive it.
+pub fn substack_article(slug: &str, paragraphs: &[&str]) -> RawDocument {
+    let mut content = vec![ContentBlock {
+        level: 1,
+        ..ContentBlock::new(BlockKind::Heading, format!("About {slug}"))
+    }];
+    content.extend(paragraphs.iter().map(|p| ContentBlock::paragraph(*p)));
+    let url = format!("https://paul.substack.com/p/{slug}");
+    RawDocument {
+        id: document_id("substack", &url),
+        kind: DocumentKind::Article,
+        platform: "substack".into(),
+        author: Author {
+            id: "paul".into(),
+            full_name: "Paul Iusztin".into(),
+        },
+        url,
+        title: format!("About {slug}"),
+        published_at: Some(1_700_000_000_000),
+        crawled_at: 1_764_000_000_000,
+        content_hash: content_hash(&content),
+        content,
+        metadata: BTreeMap::new(),
     }
 }
 

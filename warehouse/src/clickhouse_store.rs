@@ -12,7 +12,7 @@ use clickhouse::Client;
 use twin_config::ClickHouseConfig;
 use twin_schemas::{Chunk, CleanedDocument, RawDocument};
 
-use crate::filter::{Conditions, SqlValue};
+use crate::filter::{self, Conditions, SqlValue};
 use crate::{
     from_json, ChunkCursor, ChunkRow, Counts, DocumentFilter, DocumentRow, Position, Result,
     Stored, StoredChunk, Warehouse, WarehouseError, SCHEMA_VERSION,
@@ -157,10 +157,7 @@ impl ClickHouseWarehouse {
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<Stored<T>>> {
-        let mut conditions = filter.conditions("id");
-        if let Some(after) = after {
-            conditions.push("id > ?", [SqlValue::Text(after.to_string())]);
-        }
+        let conditions = filter::document_page(filter, after);
         self.document_rows(table, conditions, &format!("ORDER BY id LIMIT {limit}"))
             .await?
             .iter()
@@ -412,17 +409,7 @@ impl Warehouse for ClickHouseWarehouse {
         after: Option<&ChunkCursor>,
         limit: usize,
     ) -> Result<Vec<StoredChunk>> {
-        let mut conditions = filter.conditions("document_id");
-        if let Some(after) = after {
-            conditions.push(
-                "(document_id > ? OR (document_id = ? AND position > ?))",
-                [
-                    SqlValue::Text(after.document_id.clone()),
-                    SqlValue::Text(after.document_id.clone()),
-                    SqlValue::Int(i64::from(after.position)),
-                ],
-            );
-        }
+        let conditions = filter::chunk_page(filter, after);
         self.chunk_rows(
             conditions,
             &format!("ORDER BY document_id, position LIMIT {limit}"),

@@ -2,7 +2,7 @@
 
 use twin_schemas::DocumentKind;
 
-use crate::kind_name;
+use crate::{kind_name, ChunkCursor};
 
 /// Filters on documents (and on the chunks of those documents); unset fields do not filter.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -99,6 +99,32 @@ impl DocumentFilter {
         }
         c
     }
+}
+
+/// The conditions of a page of documents: the filter, and ids after `after`.
+pub(crate) fn document_page(filter: &DocumentFilter, after: Option<&str>) -> Conditions {
+    let mut conditions = filter.conditions("id");
+    if let Some(after) = after {
+        conditions.push("id > ?", [SqlValue::Text(after.to_string())]);
+    }
+    conditions
+}
+
+/// The conditions of a page of chunks: the filter on their documents, and chunks after `after`
+/// in (document id, position) order.
+pub(crate) fn chunk_page(filter: &DocumentFilter, after: Option<&ChunkCursor>) -> Conditions {
+    let mut conditions = filter.conditions("document_id");
+    if let Some(after) = after {
+        conditions.push(
+            "(document_id > ? OR (document_id = ? AND position > ?))",
+            [
+                SqlValue::Text(after.document_id.clone()),
+                SqlValue::Text(after.document_id.clone()),
+                SqlValue::Int(i64::from(after.position)),
+            ],
+        );
+    }
+    conditions
 }
 
 #[cfg(test)]

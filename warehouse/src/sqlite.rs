@@ -13,7 +13,7 @@ use rusqlite::types::Value;
 use rusqlite::{params, params_from_iter, Connection, OptionalExtension};
 use twin_schemas::{Chunk, CleanedDocument, RawDocument};
 
-use crate::filter::{Conditions, SqlValue};
+use crate::filter::{self, Conditions, SqlValue};
 use crate::{
     from_json, ChunkCursor, ChunkRow, Counts, DocumentFilter, DocumentRow, Position, Result,
     Stored, StoredChunk, Warehouse, WarehouseError, CHUNK_COLUMNS, DOCUMENT_COLUMNS,
@@ -152,10 +152,7 @@ impl SqliteWarehouse {
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<Stored<T>>> {
-        let mut conditions = filter.conditions("id");
-        if let Some(after) = after {
-            conditions.push("id > ?", [SqlValue::Text(after.to_string())]);
-        }
+        let conditions = filter::document_page(filter, after);
         let Conditions { sql, values } = conditions;
         let rows: Vec<(String, u32, i64)> = self
             .with(move |c| {
@@ -413,17 +410,7 @@ impl Warehouse for SqliteWarehouse {
         after: Option<&ChunkCursor>,
         limit: usize,
     ) -> Result<Vec<StoredChunk>> {
-        let mut conditions = filter.conditions("document_id");
-        if let Some(after) = after {
-            conditions.push(
-                "(document_id > ? OR (document_id = ? AND position > ?))",
-                [
-                    SqlValue::Text(after.document_id.clone()),
-                    SqlValue::Text(after.document_id.clone()),
-                    SqlValue::Int(i64::from(after.position)),
-                ],
-            );
-        }
+        let conditions = filter::chunk_page(filter, after);
         let tail = format!("ORDER BY document_id, position LIMIT {limit}");
         self.chunk_rows(conditions, tail)
             .await?
