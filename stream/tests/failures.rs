@@ -3,15 +3,11 @@
 //! miscounts refused, a document the chunk stage refuses dead-lettered with its original bytes.
 //! (Apart from `worker.rs`, whose test reads the process's metrics.)
 
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use twin_config::{StreamConfig, TwinConfig};
 use twin_eventlog::publish;
-use twin_schemas::{
-    content_hash, document_id, Author, BlockKind, Chunk, CleanedDocument, ContentBlock,
-    DocumentKind, Event, Position, RawDocument,
-};
+use twin_schemas::{Chunk, CleanedDocument, DocumentKind, Event, Position, RawDocument};
 use twin_stream::worker::pair_vectors;
 use twin_stream::{dlq, Pipeline, RunOptions, StreamError};
 use twin_testkit::documents::substack_article as article;

@@ -3,14 +3,9 @@
 //! undecodable events handled; offsets committed; a rebuild equal to the live result. (Failures
 //! are in `failures.rs`: this test reads the process's metrics, so it runs alone in its binary.)
 
-use std::collections::BTreeMap;
-
 use twin_config::TwinConfig;
 use twin_eventlog::publish;
-use twin_schemas::{
-    content_hash, document_id, Author, BlockKind, ContentBlock, DocumentDeleted, DocumentKind,
-    Event, RawDocument,
-};
+use twin_schemas::{content_hash, ContentBlock, DocumentDeleted, DocumentKind, Event};
 use twin_stream::{dlq, Pipeline, RunOptions};
 use twin_testkit::documents::substack_article as article;
 use twin_vectorstore::SearchFilter;
