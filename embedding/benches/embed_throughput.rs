@@ -311,14 +311,14 @@ fn main() {
         pool.workers()
     );
     println!(
-        "{:>11} {:>12} {:>12} {:>10} {:>12} {:>12} {:>10}",
+        "{:>11} {:>14} {:>8} {:>10} {:>10} {:>8} {:>10}",
         "concurrency", "1 session p50", "p99", "queries/s", "pool p50", "p99", "queries/s"
     );
     for concurrency in [1usize, 4, 16] {
         let (one_p50, one_p99, one_rate) = query_latency(&single, &queries, concurrency);
         let (pool_p50, pool_p99, pool_rate) = query_latency(&pool, &queries, concurrency);
         println!(
-            "{concurrency:>11} {one_p50:>12.1} {one_p99:>12.1} {one_rate:>10.0} {pool_p50:>12.1} {pool_p99:>12.1} {pool_rate:>10.0}"
+            "{concurrency:>11} {one_p50:>14.1} {one_p99:>8.1} {one_rate:>10.0} {pool_p50:>10.1} {pool_p99:>8.1} {pool_rate:>10.0}"
         );
     }
 }
