@@ -10,6 +10,7 @@ use twin_warehouse::DocumentFilter;
 use crate::signals::{serve_metrics, shutdown_signal};
 use crate::DlqCommand;
 
+/// Run the stream worker: until stopped, or with `once` until caught up; `rebuild` first.
 pub async fn stream(
     config: &TwinConfig,
     rebuild: bool,
@@ -26,8 +27,13 @@ pub async fn stream(
     };
     let stats = pipeline.run(&options, shutdown_signal()).await?;
     println!(
-        "documents: {}, chunks: {}, deleted: {}, dead letters: {}",
-        stats.documents, stats.chunks, stats.deleted, stats.dead_letters
+        "documents: {}, chunks: {}, deleted: {}, dead letters: {}, cleaned again for a template change: {}, batches retried: {}",
+        stats.documents,
+        stats.chunks,
+        stats.deleted,
+        stats.dead_letters,
+        stats.recleaned,
+        stats.retried_batches
     );
     let counts = pipeline.warehouse.counts(&DocumentFilter::all()).await?;
     println!(
