@@ -259,23 +259,7 @@ async fn a_permanent_sink_failure_stops_the_worker_without_committing() {
 
 #[test]
 fn an_embedder_that_returns_another_number_of_vectors_is_an_error() {
-    let doc = article("count", &["One sentence.", "Another one."]);
-    let chunk = |position: i32, text: &str| Chunk {
-        id: twin_schemas::ChunkId::new(&doc.id, position, text).into(),
-        document_id: doc.id.clone(),
-        kind: doc.kind,
-        platform: doc.platform.clone(),
-        author: doc.author.clone(),
-        url: doc.url.clone(),
-        title: doc.title.clone(),
-        published_at: doc.published_at,
-        position,
-        text: text.into(),
-        token_count: 2,
-        document_hash: doc.content_hash.clone(),
-        chunked_at: 1,
-    };
-    let chunks = vec![chunk(0, "One sentence."), chunk(1, "Another one.")];
+    let chunks = twin_testkit::documents::chunks("count", &["One sentence.", "Another one."]);
     let err = pair_vectors(&[&chunks], vec![vec![0.5; 4]], "model", 1)
         .expect_err("fewer vectors than chunks");
     assert!(
