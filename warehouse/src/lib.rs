@@ -289,15 +289,12 @@ where
     F: Fn(Option<C>) -> Fut + Send + 'a,
     Fut: std::future::Future<Output = Result<(Vec<T>, Option<C>)>> + Send + 'a,
 {
-    stream::try_unfold((fetch, None, false), |(fetch, cursor, done)| async move {
-        if done {
-            return Ok(None);
-        }
+    stream::try_unfold((fetch, None), |(fetch, cursor)| async move {
         let (page, next) = fetch(cursor).await?;
         if page.is_empty() {
             return Ok(None);
         }
-        Ok(Some((page, (fetch, next, false))))
+        Ok(Some((page, (fetch, next))))
     })
     .map_ok(|page| stream::iter(page.into_iter().map(Ok)))
     .try_flatten()
