@@ -83,7 +83,11 @@ fn start() -> Result<Server, String> {
     };
     spawn_watched(&spec)?;
     let address = format!("127.0.0.1:{http}");
-    wait_until(&spec, Duration::from_secs(60), || ready(&address))?;
+    let grpc_address = format!("127.0.0.1:{grpc}");
+    // Ready when the REST API says so and the gRPC port (the one the client uses) listens.
+    wait_until(&spec, Duration::from_secs(60), || {
+        ready(&address) && crate::process::listening(&grpc_address)
+    })?;
     Ok(Server {
         grpc_url: format!("http://127.0.0.1:{grpc}"),
         http_url: format!("http://{address}"),

@@ -127,22 +127,30 @@ impl EdgeVectorStore {
             return Ok(shard.clone());
         }
         let path = self.root.join(name);
-        let shard = if path.join("segments").exists() {
-            EdgeShard::load(&path, None).map_err(edge_err(format!("open {}", path.display())))?
-        } else {
-            let dimension = dimension.ok_or_else(|| {
-                VectorStoreError::Invalid(format!("collection {name} does not exist yet"))
-            })?;
-            std::fs::create_dir_all(&path)
-                .map_err(|e| VectorStoreError::Invalid(format!("{}: {e}", path.display())))?;
-            let config = EdgeConfigBuilder::new()
+        let config = dimension.map(|dimension| {
+            EdgeConfigBuilder::new()
                 .vector(
                     "",
                     EdgeVectorParamsBuilder::new(dimension, Distance::Cosine).build(),
                 )
-                .build();
-            let shard = EdgeShard::new(&path, config)
-                .map_err(edge_err(format!("create {}", path.display())))?;
+                .build()
+        });
+        let shard = if path.join("segments").exists() {
+            // With the configuration at hand, a shard whose creation a crash cut short (its
+            // folders made, no segment finished) loads as an empty one instead of failing.
+            EdgeShard::load(&path, config).map_err(edge_err(format!("open {}", path.display())))?
+        } else {
+            let config = config.ok_or_else(|| {
+                VectorStoreError::Invalid(format!("collection {name} does not exist yet"))
+            })?;
+            std::fs::create_dir_all(&path).map_err(|source| VectorStoreError::Io {
+                path: path.clone(),
+                source,
+            })?;
+            EdgeShard::new(&path, config).map_err(edge_err(format!("create {}", path.display())))?
+        };
+        if dimension.is_some() {
+            // Again on every start: a crash may have come between the shard and its indexes.
             for field in KEYWORD_FIELDS {
                 shard
                     .update(UpdateOperation::FieldIndexOperation(
@@ -155,8 +163,7 @@ impl EdgeVectorStore {
                     ))
                     .map_err(edge_err(format!("index {field} of {name}")))?;
             }
-            shard
-        };
+        }
         let shard = Arc::new(shard);
         shards.insert(name.to_string(), shard.clone());
         Ok(shard)

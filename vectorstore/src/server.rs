@@ -42,15 +42,20 @@ fn transient(e: &qdrant_client::QdrantError) -> bool {
     use tonic::Code;
     match e {
         QdrantError::ResourceExhaustedError { .. } => true,
-        QdrantError::ResponseError { status } => matches!(
-            status.code(),
-            Code::Unavailable
-                | Code::DeadlineExceeded
-                | Code::ResourceExhausted
-                | Code::Aborted
-                | Code::Cancelled
-                | Code::Unknown
-        ),
+        QdrantError::ResponseError { status } => {
+            matches!(
+                status.code(),
+                Code::Unavailable
+                    | Code::DeadlineExceeded
+                    | Code::ResourceExhausted
+                    | Code::Aborted
+                    | Code::Cancelled
+                    | Code::Unknown
+            )
+                // The client reports a server it cannot reach as Internal.
+                || (status.code() == Code::Internal
+                    && status.message().starts_with("Failed to connect"))
+        }
         QdrantError::Io(_) => true,
         _ => false,
     }

@@ -351,3 +351,42 @@ async fn a_second_opener_of_an_embedded_store_is_refused_until_the_first_is_gone
     drop(first);
     EdgeVectorStore::open(dir.path().to_path_buf(), "p_").expect("free again once dropped");
 }
+
+#[tokio::test]
+async fn a_collection_whose_creation_a_crash_cut_short_opens_empty() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // What a kill between the shard's folders and its first segment leaves behind.
+    std::fs::create_dir_all(dir.path().join("p_articles/segments")).expect("folders");
+    let store = EdgeVectorStore::open(dir.path().to_path_buf(), "p_").expect("open");
+    store
+        .ensure_collections(DIM)
+        .await
+        .expect("opens as an empty collection");
+    assert_eq!(
+        store
+            .count(DocumentKind::Article, &SearchFilter::default())
+            .await
+            .expect("count"),
+        0
+    );
+    store
+        .replace_document(
+            DocumentKind::Article,
+            "d",
+            &[point("d", 0, "paul", "medium", 2)],
+        )
+        .await
+        .expect("write");
+    let filter = SearchFilter {
+        author_id: Some("paul".into()),
+        ..Default::default()
+    };
+    assert_eq!(
+        store
+            .count(DocumentKind::Article, &filter)
+            .await
+            .expect("count"),
+        1,
+        "writes and filtered reads work"
+    );
+}
