@@ -67,6 +67,17 @@ pub enum StreamError {
         /// Why.
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// A run asked to catch up saw nothing arrive from partitions with events the warehouse has
+    /// not applied (a Kafka group may still be waiting out a dead member's session).
+    #[error(
+        "partitions {partitions:?} have events the warehouse has not applied, but none arrived \
+         within a minute (after a crash, a Kafka group waits for the dead member's session to \
+         expire); run again"
+    )]
+    NotCaughtUp {
+        /// The partitions.
+        partitions: Vec<u32>,
+    },
     /// A batch's writes kept failing transiently until the tries ran out.
     #[error("a batch's writes failed {attempts} times; the last error: {source}")]
     RetriesExhausted {

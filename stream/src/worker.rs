@@ -249,29 +249,29 @@ impl Pipeline {
                 .await?;
         }
         self.load_templates().await?;
+        // Partitions whose events the warehouse has not all applied: a `--once` run waits for
+        // them (a Kafka group join after a crash hands partitions over only once the dead
+        // member's session expires), instead of stopping when the others are done.
         let applied = self.warehouse.applied().await?;
-        let work_left = targets.iter().enumerate().any(|(p, target)| {
-            *target > 0
-                && applied
-                    .iter()
-                    .find(|a| a.partition as usize == p)
-                    .is_none_or(|a| a.offset + 1 < *target)
-        });
-        let idle_limit = if work_left {
-            IDLE_POLLS_WHEN_WORK_IS_LEFT
-        } else {
-            IDLE_POLLS_WHEN_NOTHING_CAME
-        };
+        let work_left: Vec<bool> = targets
+            .iter()
+            .enumerate()
+            .map(|(p, target)| {
+                *target > 0
+                    && applied
+                        .iter()
+                        .find(|a| a.partition as usize == p)
+                        .is_none_or(|a| a.offset + 1 < *target)
+            })
+            .collect();
         // Where the group stands per partition; caught up when every partition reached its target.
         let mut reached: Vec<Option<u64>> = vec![None; targets.len()];
         let mut stats = RunStats::default();
         let mut idle_polls = 0;
         tokio::pin!(shutdown);
         loop {
-            let caught_up = targets
-                .iter()
-                .zip(&reached)
-                .all(|(target, done)| *target == 0 || done.is_some_and(|d| d + 1 >= *target));
+            let done = |p: usize| reached[p].is_some_and(|d| d + 1 >= targets[p]);
+            let caught_up = (0..targets.len()).all(|p| targets[p] == 0 || done(p));
             if options.until_caught_up && caught_up {
                 break;
             }
@@ -281,18 +281,33 @@ impl Pipeline {
             };
             if batch.is_empty() {
                 if options.until_caught_up {
-                    // Nothing available on any partition. Partitions that delivered reached their
-                    // targets; the others had nothing past their committed offsets. When no
-                    // partition delivered at all, give a slow group join a few idle polls first.
                     idle_polls += 1;
-                    let delivered_done = targets
-                        .iter()
-                        .zip(&reached)
-                        .all(|(target, done)| done.is_none_or(|d| d + 1 >= *target));
-                    let any_delivered = reached.iter().any(Option::is_some);
-                    let empty_topic = targets.iter().all(|t| *t == 0);
-                    if delivered_done && (any_delivered || empty_topic || idle_polls >= idle_limit)
-                    {
+                    let waiting_for_work = (0..targets.len()).any(|p| work_left[p] && !done(p));
+                    let stop = if waiting_for_work {
+                        // Work is left, but nothing comes: give up after a long while.
+                        idle_polls >= IDLE_POLLS_WHEN_WORK_IS_LEFT
+                    } else {
+                        // Nothing available on any partition. Partitions that delivered reached
+                        // their targets; the others had nothing past their committed offsets.
+                        // When no partition delivered at all, give a slow group join a few idle
+                        // polls first.
+                        let delivered_done =
+                            (0..targets.len()).all(|p| reached[p].is_none() || done(p));
+                        let any_delivered = reached.iter().any(Option::is_some);
+                        let empty_topic = targets.iter().all(|t| *t == 0);
+                        delivered_done
+                            && (any_delivered
+                                || empty_topic
+                                || idle_polls >= IDLE_POLLS_WHEN_NOTHING_CAME)
+                    };
+                    if stop {
+                        if waiting_for_work {
+                            let partitions: Vec<u32> = (0..targets.len())
+                                .filter(|&p| work_left[p] && !done(p))
+                                .map(|p| p as u32)
+                                .collect();
+                            return Err(StreamError::NotCaughtUp { partitions });
+                        }
                         break;
                     }
                 }
