@@ -60,6 +60,22 @@ fn embedder() -> &'static Embedder {
         .1
 }
 
+/// An embedder of two single-threaded workers (and the folder of its ONNX export).
+fn two_workers(max_batch_tokens: usize) -> (tempfile::TempDir, Embedder) {
+    let model = model();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let onnx = model.onnx(dir.path()).expect("export");
+    let runtime = twin_onnx::environment(&default_runtime_library()).expect("onnx runtime");
+    let options = EmbedderOptions {
+        workers: 2,
+        intra_threads: 1,
+        max_batch_tokens,
+        ..Default::default()
+    };
+    let embedder = Embedder::load(runtime, &model, &onnx, options).expect("load");
+    (dir, embedder)
+}
+
 fn cosine(a: &[f32], b: &[f32]) -> f32 {
     let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
     let na: f32 = a.iter().map(|x| x * x).sum::<f32>().sqrt();
@@ -131,17 +147,8 @@ fn text_beyond_the_window_is_truncated_not_refused() {
 #[test]
 fn concurrent_workers_give_the_same_embeddings_in_the_same_order() {
     let reference = reference();
-    let model = model();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let onnx = model.onnx(dir.path()).expect("export");
-    let runtime = twin_onnx::environment(&default_runtime_library()).expect("onnx runtime");
-    let options = EmbedderOptions {
-        workers: 2,
-        intra_threads: 1,
-        max_batch_tokens: 64, // many small batches, so both workers get some
-        ..Default::default()
-    };
-    let parallel = Embedder::load(runtime, &model, &onnx, options).expect("load");
+    // Many small batches, so both workers get some.
+    let (_dir, parallel) = two_workers(64);
     let texts: Vec<&str> = reference.cases.iter().map(|c| c.text.as_str()).collect();
     let ours = parallel.embed(&texts).expect("embed");
     for (case, vector) in reference.cases.iter().zip(&ours) {
@@ -152,16 +159,8 @@ fn concurrent_workers_give_the_same_embeddings_in_the_same_order() {
 #[test]
 fn concurrent_single_queries_are_served_side_by_side_and_answered_right() {
     let reference = reference();
-    let model = model();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let onnx = model.onnx(dir.path()).expect("export");
-    let runtime = twin_onnx::environment(&default_runtime_library()).expect("onnx runtime");
-    let options = EmbedderOptions {
-        workers: 2,
-        intra_threads: 1,
-        ..Default::default()
-    };
-    let pool = std::sync::Arc::new(Embedder::load(runtime, &model, &onnx, options).expect("load"));
+    let (_dir, pool) = two_workers(EmbedderOptions::default().max_batch_tokens);
+    let pool = std::sync::Arc::new(pool);
     assert_eq!(pool.workers(), 2);
     // Sixteen callers, one text each at a time, many times over: every answer is its own text's.
     std::thread::scope(|scope| {
