@@ -35,7 +35,10 @@ pub async fn stream(
         stats.recleaned,
         stats.retried_batches
     );
-    let counts = pipeline.warehouse.counts(&DocumentFilter::all()).await?;
+    let counts = pipeline
+        .warehouse
+        .counts(&twin_warehouse::AsOf::Latest, &DocumentFilter::all())
+        .await?;
     println!(
         "warehouse ({}): {} raw, {} cleaned, {} chunks",
         pipeline.warehouse.backend(),

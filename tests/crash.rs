@@ -187,7 +187,7 @@ async fn raw_count(setup: &Setup) -> Option<u64> {
     let path = DataLayout::new(setup.dir.path()).warehouse();
     let warehouse = SqliteWarehouse::open(&path).ok()?;
     warehouse
-        .counts(&DocumentFilter::all())
+        .counts(&twin_warehouse::AsOf::Latest, &DocumentFilter::all())
         .await
         .ok()
         .map(|c| c.raw)

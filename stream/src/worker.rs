@@ -324,8 +324,11 @@ impl Pipeline {
     async fn load_templates(&self) -> Result<(), StreamError> {
         let mut templates = Templates::new(self.template_rules.clone());
         if self.template_rules.enabled {
-            let mut documents =
-                twin_warehouse::scan_raw(self.warehouse.as_ref(), DocumentFilter::all());
+            let mut documents = twin_warehouse::scan_raw(
+                self.warehouse.as_ref(),
+                twin_warehouse::AsOf::Latest,
+                DocumentFilter::all(),
+            );
             while let Some(stored) = documents.try_next().await? {
                 templates.observe(&stored.value.id.clone(), Some(&stored.value));
             }
@@ -462,21 +465,29 @@ impl Pipeline {
         // seen before whose template changed are cleaned again.
         let mut templates = self.templates.lock().await;
         let mut in_batch = BTreeSet::new();
-        let mut affected = BTreeSet::new();
+        // Each document cleaned again, with the event that changed its template: the new
+        // versions carry that event's position, so snapshots pinned before it keep the old ones.
+        let mut affected = BTreeMap::new();
         for delivery in &events {
-            match &delivery.event {
+            let changed = match &delivery.event {
                 Ok(Event::Raw(raw)) => {
                     in_batch.insert(raw.id.clone());
-                    affected.extend(templates.observe(&raw.id, Some(raw)));
+                    templates.observe(&raw.id, Some(raw))
                 }
                 Ok(Event::Deleted(tombstone)) => {
                     in_batch.insert(tombstone.document_id.clone());
-                    affected.extend(templates.observe(&tombstone.document_id, None));
+                    templates.observe(&tombstone.document_id, None)
                 }
-                _ => {}
+                _ => Default::default(),
+            };
+            for id in changed {
+                affected.entry(id).or_insert(delivery.position);
             }
         }
-        let again: Vec<String> = affected.difference(&in_batch).cloned().collect();
+        let again: BTreeMap<String, Position> = affected
+            .into_iter()
+            .filter(|(id, _)| !in_batch.contains(id))
+            .collect();
 
         let mut actions = Vec::new();
         for delivery in events {
@@ -514,10 +525,14 @@ impl Pipeline {
                 documents = again.len(),
                 "a source's template changed; cleaning its documents again"
             );
-            let mut stored =
-                twin_warehouse::scan_raw(self.warehouse.as_ref(), DocumentFilter::documents(again));
+            let mut stored = twin_warehouse::scan_raw(
+                self.warehouse.as_ref(),
+                twin_warehouse::AsOf::Latest,
+                DocumentFilter::documents(again.keys()),
+            );
             while let Some(doc) = stored.try_next().await? {
-                match self.project(&templates, doc.value, doc.position, None, now) {
+                let cause = again.get(&doc.value.id).copied().unwrap_or(doc.position);
+                match self.project(&templates, doc.value, cause, None, now) {
                     Ok(p) => actions.push(Action::Project(Box::new(p))),
                     // It was chunked before; the same text cannot fail now unless its template
                     // changed it, and then the earlier projection stays.
@@ -602,7 +617,10 @@ impl Pipeline {
                     self.vectors.delete_document(document_id).await?;
                 }
                 Action::Project(p) => {
-                    self.warehouse.put_raw(&p.raw, p.position).await?;
+                    // A document cleaned again has not changed its raw text.
+                    if p.appended_at.is_some() {
+                        self.warehouse.put_raw(&p.raw, p.position).await?;
+                    }
                     self.warehouse.put_cleaned(&p.cleaned, p.position).await?;
                     self.warehouse
                         .replace_chunks(&p.raw.id, &p.chunks, p.position)

@@ -13,7 +13,8 @@ use twin_stream::{dlq, Pipeline, RunOptions, StreamError};
 use twin_testkit::documents::substack_article as article;
 use twin_vectorstore::SearchFilter;
 use twin_warehouse::{
-    ChunkCursor, Counts, DocumentFilter, Stored, StoredChunk, Warehouse, WarehouseError,
+    AsOf, Breakdown, ChunkCursor, Compaction, Counts, DatasetRecord, DocumentFilter, SampleRow,
+    Snapshot, Stored, StoredChunk, Warehouse, WarehouseError,
 };
 
 fn config(dir: &std::path::Path) -> TwinConfig {
@@ -102,33 +103,71 @@ impl Warehouse for FailingFirst {
     }
     async fn raw_page(
         &self,
+        as_of: &AsOf,
         filter: &DocumentFilter,
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<Stored<RawDocument>>, WarehouseError> {
-        self.inner.raw_page(filter, after, limit).await
+        self.inner.raw_page(as_of, filter, after, limit).await
     }
     async fn cleaned_page(
         &self,
+        as_of: &AsOf,
         filter: &DocumentFilter,
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<Stored<CleanedDocument>>, WarehouseError> {
-        self.inner.cleaned_page(filter, after, limit).await
+        self.inner.cleaned_page(as_of, filter, after, limit).await
     }
     async fn chunk_page(
         &self,
+        as_of: &AsOf,
         filter: &DocumentFilter,
         after: Option<&ChunkCursor>,
         limit: usize,
     ) -> Result<Vec<StoredChunk>, WarehouseError> {
-        self.inner.chunk_page(filter, after, limit).await
+        self.inner.chunk_page(as_of, filter, after, limit).await
     }
-    async fn counts(&self, filter: &DocumentFilter) -> Result<Counts, WarehouseError> {
-        self.inner.counts(filter).await
+    async fn counts(
+        &self,
+        as_of: &AsOf,
+        filter: &DocumentFilter,
+    ) -> Result<Counts, WarehouseError> {
+        self.inner.counts(as_of, filter).await
+    }
+    async fn breakdown(&self, as_of: &AsOf) -> Result<Vec<Breakdown>, WarehouseError> {
+        self.inner.breakdown(as_of).await
+    }
+    async fn compact(&self, floor: &[Position]) -> Result<Compaction, WarehouseError> {
+        self.inner.compact(floor).await
     }
     async fn drop_all(&self) -> Result<(), WarehouseError> {
         self.inner.drop_all().await
+    }
+    async fn put_snapshot(&self, snapshot: &Snapshot) -> Result<(), WarehouseError> {
+        self.inner.put_snapshot(snapshot).await
+    }
+    async fn snapshots(&self) -> Result<Vec<Snapshot>, WarehouseError> {
+        self.inner.snapshots().await
+    }
+    async fn delete_snapshot(&self, id: &str) -> Result<bool, WarehouseError> {
+        self.inner.delete_snapshot(id).await
+    }
+    async fn put_dataset(
+        &self,
+        dataset: &DatasetRecord,
+        samples: &[SampleRow],
+    ) -> Result<(), WarehouseError> {
+        self.inner.put_dataset(dataset, samples).await
+    }
+    async fn datasets(&self) -> Result<Vec<DatasetRecord>, WarehouseError> {
+        self.inner.datasets().await
+    }
+    async fn dataset_samples(&self, id: &str) -> Result<Vec<SampleRow>, WarehouseError> {
+        self.inner.dataset_samples(id).await
+    }
+    async fn delete_dataset(&self, id: &str) -> Result<bool, WarehouseError> {
+        self.inner.delete_dataset(id).await
     }
 }
 
@@ -195,7 +234,7 @@ async fn assert_projected_once(pipeline: &Pipeline, docs: &[RawDocument]) {
     }
     let counts = pipeline
         .warehouse
-        .counts(&DocumentFilter::all())
+        .counts(&twin_warehouse::AsOf::Latest, &DocumentFilter::all())
         .await
         .expect("counts");
     assert_eq!(

@@ -100,7 +100,7 @@ async fn documents_become_searchable_chunks_and_a_rebuild_gives_the_same() {
     // The warehouse holds the two live documents, the newest version of each.
     let counts = pipeline
         .warehouse
-        .counts(&DocumentFilter::all())
+        .counts(&twin_warehouse::AsOf::Latest, &DocumentFilter::all())
         .await
         .expect("counts");
     assert_eq!((counts.raw, counts.cleaned), (2, 2));
@@ -254,7 +254,7 @@ async fn documents_become_searchable_chunks_and_a_rebuild_gives_the_same() {
     assert_eq!(
         pipeline
             .warehouse
-            .counts(&DocumentFilter::all())
+            .counts(&twin_warehouse::AsOf::Latest, &DocumentFilter::all())
             .await
             .expect("counts"),
         counts

@@ -1,10 +1,16 @@
 //! The ClickHouse warehouse, through the official `clickhouse` crate (HTTP, RowBinary).
 //!
-//! Tables are `ReplacingMergeTree(version)` with the log offset as version: rows of the same key
-//! collapse to the newest, and reads use `FINAL` so they never see an older one. A retired row is
-//! a newer version with `deleted = 1`. Servers older than 20.x (Debian's 18.16 among them)
-//! refuse the row-validation settings the crate sends, so validation is switched on only for
-//! newer servers, decided from `SELECT version()`.
+//! History is append-only: every write inserts a version row; tables are
+//! `ReplacingMergeTree(version)` ordered by key and causing log position, so only a repeated
+//! insert of one version collapses. A read takes the newest version of each key among those it
+//! may see (`ORDER BY key, version DESC LIMIT 1 BY key` over the visible rows), then filters.
+//! Compaction deletes versions by number with `ALTER TABLE ... DELETE` and waits for the
+//! mutation. Servers older than 20.x (Debian's 18.16 among them) refuse the row-validation
+//! settings the crate sends, so validation is switched on only for newer servers, decided from
+//! `SELECT version()`.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use clickhouse::query::Query;
@@ -14,8 +20,9 @@ use twin_schemas::{Chunk, CleanedDocument, RawDocument};
 
 use crate::filter::{self, Conditions, SqlValue};
 use crate::{
-    from_json, ChunkCursor, ChunkRow, Counts, DocumentFilter, DocumentRow, Position, Result,
-    Stored, StoredChunk, Warehouse, WarehouseError, SCHEMA_VERSION,
+    breakdowns, from_json, next_version, to_json, AsOf, Breakdown, ChunkCursor, ChunkRow,
+    Compaction, Counts, DatasetRecord, DocumentFilter, DocumentRow, Position, Result, SampleRow,
+    Snapshot, Stored, StoredChunk, Warehouse, WarehouseError, SCHEMA_VERSION,
 };
 
 /// The ClickHouse warehouse.
@@ -55,24 +62,79 @@ fn identifier(name: &str) -> Result<&str> {
 
 const DOCUMENT_TABLE: &str = "id String, kind String, platform String, author_id String,
     published_at Nullable(Int64), url String, content_hash String, body String,
-    log_partition UInt32, log_offset UInt64, deleted UInt8";
+    log_partition UInt32, log_offset UInt64, version UInt64, deleted UInt8";
 
-const TABLES: [(&str, &str, &str); 4] = [
-    ("raw_documents", DOCUMENT_TABLE, "id"),
-    ("cleaned_documents", DOCUMENT_TABLE, "id"),
+/// The projection's tables (what a rebuild drops): name, columns, engine.
+const PROJECTION: [(&str, &str, &str); 4] = [
+    (
+        "raw_documents",
+        DOCUMENT_TABLE,
+        "ReplacingMergeTree(version) ORDER BY (id, log_partition, log_offset)",
+    ),
+    (
+        "cleaned_documents",
+        DOCUMENT_TABLE,
+        "ReplacingMergeTree(version) ORDER BY (id, log_partition, log_offset)",
+    ),
     (
         "chunks",
         "id String, document_id String, position Int32, kind String, platform String,
          author_id String, published_at Nullable(Int64), text String, token_count Int32,
-         body String, log_partition UInt32, log_offset UInt64, deleted UInt8",
-        "(document_id, id)",
+         body String, log_partition UInt32, log_offset UInt64, version UInt64, deleted UInt8",
+        "ReplacingMergeTree(version) ORDER BY (document_id, id, log_partition, log_offset)",
     ),
     (
         "applied",
         "log_partition UInt32, log_offset UInt64",
-        "log_partition",
+        "ReplacingMergeTree(log_offset) ORDER BY log_partition",
     ),
 ];
+
+/// Snapshots and datasets: kept by a rebuild. A record's newest version wins (`FINAL`); a
+/// forgotten one is a version with `deleted = 1`. Samples are stored per build of a dataset
+/// (its record's version), so a rebuilt dataset never mixes with its older samples.
+const CATALOG: [(&str, &str, &str); 3] = [
+    (
+        "snapshots",
+        "id String, name Nullable(String), created_at Int64, positions String, version UInt64, deleted UInt8",
+        "ReplacingMergeTree(version) ORDER BY id",
+    ),
+    (
+        "datasets",
+        "id String, name Nullable(String), kind String, snapshot_id Nullable(String),
+         created_at Int64, metadata String, version UInt64, deleted UInt8",
+        "ReplacingMergeTree(version) ORDER BY id",
+    ),
+    (
+        "dataset_samples",
+        "dataset_id String, build UInt64, split String, idx UInt32, body String",
+        "MergeTree ORDER BY (dataset_id, build, split, idx)",
+    ),
+];
+
+/// The key columns of a projection table.
+fn key_of(table: &str) -> &'static str {
+    if table == "chunks" {
+        "document_id, id"
+    } else {
+        "id"
+    }
+}
+
+/// The newest version of each key of `table` seen `as_of`, as a subquery, with its values.
+fn newest(table: &str, as_of: &AsOf) -> (String, Vec<SqlValue>) {
+    let Conditions { sql, values } = as_of.visible();
+    let key = key_of(table);
+    (
+        format!(
+            "(SELECT * FROM {table} WHERE 1 = 1{sql} ORDER BY {key}, version DESC LIMIT 1 BY {key})"
+        ),
+        values,
+    )
+}
+
+/// How long a compaction waits for ClickHouse to apply its deletions.
+const MUTATION_WAIT: Duration = Duration::from_secs(120);
 
 impl ClickHouseWarehouse {
     /// Connect, create the database if missing, and pick the row-validation mode by version.
@@ -108,26 +170,73 @@ impl ClickHouseWarehouse {
         })
     }
 
-    async fn put_document(&self, table: &str, row: DocumentRow) -> Result<()> {
+    async fn insert<R: clickhouse::Row + serde::Serialize>(
+        &self,
+        table: &str,
+        rows: &[R],
+    ) -> Result<()>
+    where
+        R: for<'a> clickhouse::RowWrite<Value<'a> = R>,
+    {
+        if rows.is_empty() {
+            return Ok(());
+        }
         let mut insert = self
             .client
-            .insert::<DocumentRow>(table)
+            .insert::<R>(table)
             .await
             .map_err(ch_err(table))?;
-        insert.write(&row).await.map_err(ch_err(table))?;
+        for row in rows {
+            insert.write(row).await.map_err(ch_err(table))?;
+        }
         insert.end().await.map_err(ch_err(table))
+    }
+
+    /// Whether an event of `at`'s partition at or after `at` already wrote rows of the key.
+    async fn already_applied(
+        &self,
+        table: &str,
+        key_column: &str,
+        key: &str,
+        at: Position,
+    ) -> Result<bool> {
+        let n: u64 = self
+            .client
+            .query(&format!(
+                "SELECT count() FROM {table} WHERE {key_column} = ? AND log_partition = ? AND log_offset >= ?"
+            ))
+            .bind(key)
+            .bind(at.partition)
+            .bind(at.offset)
+            .fetch_one()
+            .await
+            .map_err(ch_err(table))?;
+        Ok(n > 0)
+    }
+
+    async fn put_document(&self, table: &str, row: DocumentRow) -> Result<()> {
+        if self
+            .already_applied(table, "id", &row.id, row.position())
+            .await?
+        {
+            return Ok(());
+        }
+        self.insert(table, &[row]).await
     }
 
     async fn document_rows(
         &self,
         table: &'static str,
+        as_of: &AsOf,
         conditions: Conditions,
         tail: &str,
     ) -> Result<Vec<DocumentRow>> {
-        let Conditions { sql, values } = conditions;
+        let (from, mut values) = newest(table, as_of);
+        let Conditions { sql, values: more } = conditions;
+        values.extend(more);
         bound(
             self.client.query(&format!(
-                "SELECT ?fields FROM {table} FINAL WHERE deleted = 0{sql} {tail}"
+                "SELECT ?fields FROM {from} WHERE deleted = 0{sql} {tail}"
             )),
             values,
         )
@@ -143,7 +252,7 @@ impl ClickHouseWarehouse {
     ) -> Result<Option<T>> {
         let mut conditions = Conditions::default();
         conditions.push("id = ?", [SqlValue::Text(id.to_string())]);
-        self.document_rows(table, conditions, "")
+        self.document_rows(table, &AsOf::Latest, conditions, "")
             .await?
             .first()
             .map(|row| from_json(table, &row.body))
@@ -153,28 +262,41 @@ impl ClickHouseWarehouse {
     async fn document_page<T: for<'de> serde::Deserialize<'de>>(
         &self,
         table: &'static str,
+        as_of: &AsOf,
         filter: &DocumentFilter,
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<Stored<T>>> {
         let conditions = filter::document_page(filter, after);
-        self.document_rows(table, conditions, &format!("ORDER BY id LIMIT {limit}"))
-            .await?
-            .iter()
-            .map(|row| {
-                Ok(Stored {
-                    value: from_json(table, &row.body)?,
-                    position: row.position(),
-                })
+        self.document_rows(
+            table,
+            as_of,
+            conditions,
+            &format!("ORDER BY id LIMIT {limit}"),
+        )
+        .await?
+        .iter()
+        .map(|row| {
+            Ok(Stored {
+                value: from_json(table, &row.body)?,
+                position: row.position(),
             })
-            .collect()
+        })
+        .collect()
     }
 
-    async fn chunk_rows(&self, conditions: Conditions, tail: &str) -> Result<Vec<ChunkRow>> {
-        let Conditions { sql, values } = conditions;
+    async fn chunk_rows(
+        &self,
+        as_of: &AsOf,
+        conditions: Conditions,
+        tail: &str,
+    ) -> Result<Vec<ChunkRow>> {
+        let (from, mut values) = newest("chunks", as_of);
+        let Conditions { sql, values: more } = conditions;
+        values.extend(more);
         bound(
             self.client.query(&format!(
-                "SELECT ?fields FROM chunks FINAL WHERE deleted = 0{sql} {tail}"
+                "SELECT ?fields FROM {from} WHERE deleted = 0{sql} {tail}"
             )),
             values,
         )
@@ -186,35 +308,8 @@ impl ClickHouseWarehouse {
     async fn live_chunks(&self, document_id: &str) -> Result<Vec<ChunkRow>> {
         let mut conditions = Conditions::default();
         conditions.push("document_id = ?", [SqlValue::Text(document_id.to_string())]);
-        self.chunk_rows(conditions, "ORDER BY position").await
-    }
-
-    async fn newest_chunk_offset(&self, document_id: &str) -> Result<Option<u64>> {
-        let rows: Vec<u64> = self
-            .client
-            .query(
-                "SELECT max(log_offset) FROM chunks FINAL WHERE document_id = ? HAVING count() > 0",
-            )
-            .bind(document_id)
-            .fetch_all()
+        self.chunk_rows(&AsOf::Latest, conditions, "ORDER BY position")
             .await
-            .map_err(ch_err("chunks"))?;
-        Ok(rows.into_iter().next())
-    }
-
-    async fn write_chunks(&self, rows: &[ChunkRow]) -> Result<()> {
-        if rows.is_empty() {
-            return Ok(());
-        }
-        let mut insert = self
-            .client
-            .insert::<ChunkRow>("chunks")
-            .await
-            .map_err(ch_err("chunks"))?;
-        for row in rows {
-            insert.write(row).await.map_err(ch_err("chunks"))?;
-        }
-        insert.end().await.map_err(ch_err("chunks"))
     }
 
     /// Whether a table of this database has a column.
@@ -232,12 +327,112 @@ impl ClickHouseWarehouse {
             .map_err(ch_err("system.columns"))?;
         Ok(n > 0)
     }
+
+    /// Delete rows by version number, and wait until ClickHouse has applied it.
+    async fn delete_versions(&self, table: &str, versions: &[u64]) -> Result<()> {
+        for batch in versions.chunks(10_000) {
+            let list: Vec<String> = batch.iter().map(u64::to_string).collect();
+            self.client
+                .query(&format!(
+                    "ALTER TABLE {table} DELETE WHERE version IN ({})",
+                    list.join(", ")
+                ))
+                .execute()
+                .await
+                .map_err(ch_err(table))?;
+        }
+        self.wait_for_mutations(table).await
+    }
+
+    async fn wait_for_mutations(&self, table: &str) -> Result<()> {
+        let started = std::time::Instant::now();
+        loop {
+            let pending: u64 = self
+                .client
+                .query("SELECT count() FROM system.mutations WHERE database = ? AND table = ? AND is_done = 0")
+                .bind(&self.database)
+                .bind(table)
+                .fetch_one()
+                .await
+                .map_err(ch_err("system.mutations"))?;
+            if pending == 0 {
+                return Ok(());
+            }
+            if started.elapsed() > MUTATION_WAIT {
+                return Err(WarehouseError::Invalid(format!(
+                    "{table}: ClickHouse has not applied a deletion after {}s",
+                    MUTATION_WAIT.as_secs()
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The version of the live record `id` of a catalog table.
+    async fn record_version(&self, table: &str, id: &str) -> Result<Option<u64>> {
+        let rows: Vec<u64> = self
+            .client
+            .query(&format!(
+                "SELECT version FROM {table} FINAL WHERE id = ? AND deleted = 0"
+            ))
+            .bind(id)
+            .fetch_all()
+            .await
+            .map_err(ch_err(table))?;
+        Ok(rows.into_iter().next())
+    }
 }
 
 #[derive(Debug, clickhouse::Row, serde::Serialize, serde::Deserialize)]
 struct AppliedRow {
     log_partition: u32,
     log_offset: u64,
+}
+
+#[derive(Debug, clickhouse::Row, serde::Serialize, serde::Deserialize)]
+struct SnapshotRow {
+    id: String,
+    name: Option<String>,
+    created_at: i64,
+    positions: String,
+    version: u64,
+    deleted: u8,
+}
+
+#[derive(Debug, clickhouse::Row, serde::Serialize, serde::Deserialize)]
+struct DatasetRow {
+    id: String,
+    name: Option<String>,
+    kind: String,
+    snapshot_id: Option<String>,
+    created_at: i64,
+    metadata: String,
+    version: u64,
+    deleted: u8,
+}
+
+#[derive(Debug, clickhouse::Row, serde::Serialize, serde::Deserialize)]
+struct DatasetSampleRow {
+    dataset_id: String,
+    build: u64,
+    split: String,
+    idx: u32,
+    body: String,
+}
+
+#[derive(Debug, clickhouse::Row, serde::Deserialize)]
+struct GroupRow {
+    author_id: String,
+    kind: String,
+    platform: String,
+    n: u64,
+}
+
+#[derive(Debug, clickhouse::Row, serde::Deserialize)]
+struct KeyVersions {
+    versions: Vec<u64>,
+    newest: u64,
+    newest_deleted: u8,
 }
 
 #[async_trait]
@@ -247,21 +442,39 @@ impl Warehouse for ClickHouseWarehouse {
     }
 
     async fn ensure_schema(&self) -> Result<()> {
-        for (table, columns, order) in TABLES {
+        // Tables of an older layout: no author column (1), no version column (2).
+        let exists: u64 = self
+            .client
+            .query(
+                "SELECT count() FROM system.tables WHERE database = ? AND name = 'raw_documents'",
+            )
+            .bind(&self.database)
+            .fetch_one()
+            .await
+            .map_err(ch_err("system.tables"))?;
+        if exists > 0 {
+            let found = if !self.has_column("raw_documents", "author_id").await? {
+                Some(1)
+            } else if !self.has_column("raw_documents", "version").await? {
+                Some(2)
+            } else {
+                None
+            };
+            if let Some(found) = found {
+                return Err(WarehouseError::SchemaVersion {
+                    found,
+                    expected: SCHEMA_VERSION,
+                });
+            }
+        }
+        for (table, columns, engine) in PROJECTION.iter().chain(CATALOG.iter()) {
             self.client
                 .query(&format!(
-                    "CREATE TABLE IF NOT EXISTS {table} ({columns}) ENGINE = ReplacingMergeTree(log_offset) ORDER BY {order}"
+                    "CREATE TABLE IF NOT EXISTS {table} ({columns}) ENGINE = {engine}"
                 ))
                 .execute()
                 .await
                 .map_err(ch_err(table))?;
-        }
-        // Tables made before layout 2 have no author column: they need a rebuild.
-        if !self.has_column("raw_documents", "author_id").await? {
-            return Err(WarehouseError::SchemaVersion {
-                found: 1,
-                expected: SCHEMA_VERSION,
-            });
         }
         Ok(())
     }
@@ -282,44 +495,57 @@ impl Warehouse for ClickHouseWarehouse {
         chunks: &[Chunk],
         at: Position,
     ) -> Result<()> {
-        // An older event arriving late must not undo a newer one.
         if self
-            .newest_chunk_offset(document_id)
+            .already_applied("chunks", "document_id", document_id, at)
             .await?
-            .is_some_and(|n| n > at.offset)
         {
             return Ok(());
         }
-        let keep: std::collections::HashSet<&str> = chunks.iter().map(|c| c.id.as_str()).collect();
+        let live = self.live_chunks(document_id).await?;
         let mut rows = Vec::new();
-        for old in self.live_chunks(document_id).await? {
-            if !keep.contains(old.id.as_str()) {
-                rows.push(old.retired(at));
+        for old in &live {
+            if !chunks.iter().any(|c| c.id == old.id) {
+                rows.push(old.clone().retired(at));
             }
         }
         for chunk in chunks {
-            rows.push(ChunkRow::new(chunk, at)?);
+            let row = ChunkRow::new(chunk, at)?;
+            // An unchanged chunk keeps its version: every snapshot that saw it still does.
+            if !live
+                .iter()
+                .any(|old| old.id == row.id && old.body == row.body)
+            {
+                rows.push(row);
+            }
         }
-        self.write_chunks(&rows).await
+        self.insert("chunks", &rows).await
     }
 
     async fn delete_document(&self, document_id: &str, at: Position) -> Result<()> {
         for table in ["raw_documents", "cleaned_documents"] {
-            let mut conditions = Conditions::default();
-            conditions.push("id = ?", [SqlValue::Text(document_id.to_string())]);
-            conditions.push("log_offset <= ?", [SqlValue::Int(at.offset as i64)]);
-            for row in self.document_rows(table, conditions, "").await? {
-                self.put_document(
-                    table,
-                    DocumentRow {
-                        log_partition: at.partition,
-                        log_offset: at.offset,
-                        deleted: 1,
-                        ..row
-                    },
-                )
-                .await?;
+            if self.already_applied(table, "id", document_id, at).await? {
+                continue;
             }
+            let newest: Vec<DocumentRow> = self
+                .client
+                .query(&format!(
+                    "SELECT ?fields FROM {table} WHERE id = ? ORDER BY version DESC LIMIT 1"
+                ))
+                .bind(document_id)
+                .fetch_all()
+                .await
+                .map_err(ch_err(table))?;
+            if let Some(newest) = newest.into_iter().next() {
+                if newest.deleted == 0 {
+                    self.insert(table, &[newest.retired(at)]).await?;
+                }
+            }
+        }
+        if self
+            .already_applied("chunks", "document_id", document_id, at)
+            .await?
+        {
+            return Ok(());
         }
         let retired: Vec<ChunkRow> = self
             .live_chunks(document_id)
@@ -327,28 +553,18 @@ impl Warehouse for ClickHouseWarehouse {
             .into_iter()
             .map(|old| old.retired(at))
             .collect();
-        self.write_chunks(&retired).await
+        self.insert("chunks", &retired).await
     }
 
     async fn record_applied(&self, positions: &[Position]) -> Result<()> {
-        if positions.is_empty() {
-            return Ok(());
-        }
-        let mut insert = self
-            .client
-            .insert::<AppliedRow>("applied")
-            .await
-            .map_err(ch_err("applied"))?;
-        for p in positions {
-            insert
-                .write(&AppliedRow {
-                    log_partition: p.partition,
-                    log_offset: p.offset,
-                })
-                .await
-                .map_err(ch_err("applied"))?;
-        }
-        insert.end().await.map_err(ch_err("applied"))
+        let rows: Vec<AppliedRow> = positions
+            .iter()
+            .map(|p| AppliedRow {
+                log_partition: p.partition,
+                log_offset: p.offset,
+            })
+            .collect();
+        self.insert("applied", &rows).await
     }
 
     async fn applied(&self) -> Result<Vec<Position>> {
@@ -385,32 +601,36 @@ impl Warehouse for ClickHouseWarehouse {
 
     async fn raw_page(
         &self,
+        as_of: &AsOf,
         filter: &DocumentFilter,
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<Stored<RawDocument>>> {
-        self.document_page("raw_documents", filter, after, limit)
+        self.document_page("raw_documents", as_of, filter, after, limit)
             .await
     }
 
     async fn cleaned_page(
         &self,
+        as_of: &AsOf,
         filter: &DocumentFilter,
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<Stored<CleanedDocument>>> {
-        self.document_page("cleaned_documents", filter, after, limit)
+        self.document_page("cleaned_documents", as_of, filter, after, limit)
             .await
     }
 
     async fn chunk_page(
         &self,
+        as_of: &AsOf,
         filter: &DocumentFilter,
         after: Option<&ChunkCursor>,
         limit: usize,
     ) -> Result<Vec<StoredChunk>> {
         let conditions = filter::chunk_page(filter, after);
         self.chunk_rows(
+            as_of,
             conditions,
             &format!("ORDER BY document_id, position LIMIT {limit}"),
         )
@@ -420,17 +640,19 @@ impl Warehouse for ClickHouseWarehouse {
         .collect()
     }
 
-    async fn counts(&self, filter: &DocumentFilter) -> Result<Counts> {
+    async fn counts(&self, as_of: &AsOf, filter: &DocumentFilter) -> Result<Counts> {
         let mut counts = [0u64; 3];
         for (slot, (table, id_column)) in counts.iter_mut().zip([
             ("raw_documents", "id"),
             ("cleaned_documents", "id"),
             ("chunks", "document_id"),
         ]) {
-            let Conditions { sql, values } = filter.conditions(id_column);
+            let (from, mut values) = newest(table, as_of);
+            let Conditions { sql, values: more } = filter.conditions(id_column);
+            values.extend(more);
             *slot = bound(
                 self.client.query(&format!(
-                    "SELECT count() FROM {table} FINAL WHERE deleted = 0{sql}"
+                    "SELECT count() FROM {from} WHERE deleted = 0{sql}"
                 )),
                 values,
             )
@@ -445,8 +667,73 @@ impl Warehouse for ClickHouseWarehouse {
         })
     }
 
+    async fn breakdown(&self, as_of: &AsOf) -> Result<Vec<Breakdown>> {
+        let mut groups: BTreeMap<(String, String, String), (u64, u64)> = BTreeMap::new();
+        for table in ["cleaned_documents", "chunks"] {
+            let (from, values) = newest(table, as_of);
+            let rows: Vec<GroupRow> = bound(
+                self.client.query(&format!(
+                    "SELECT author_id, kind, platform, count() AS n FROM {from} WHERE deleted = 0
+                     GROUP BY author_id, kind, platform"
+                )),
+                values,
+            )
+            .fetch_all()
+            .await
+            .map_err(ch_err(table))?;
+            for row in rows {
+                let slot = groups
+                    .entry((row.author_id, row.kind, row.platform))
+                    .or_default();
+                if table == "chunks" {
+                    slot.1 = row.n;
+                } else {
+                    slot.0 = row.n;
+                }
+            }
+        }
+        Ok(breakdowns(groups))
+    }
+
+    async fn compact(&self, floor: &[Position]) -> Result<Compaction> {
+        let floor = AsOf::Positions(floor.to_vec());
+        let mut removed = Compaction::default();
+        for table in ["raw_documents", "cleaned_documents", "chunks"] {
+            let Conditions { sql, values } = floor.visible();
+            let key = key_of(table);
+            let groups: Vec<KeyVersions> = bound(
+                self.client.query(&format!(
+                    "SELECT groupArray(version) AS versions, max(version) AS newest,
+                            argMax(deleted, version) AS newest_deleted
+                     FROM {table} WHERE 1 = 1{sql} GROUP BY {key}"
+                )),
+                values,
+            )
+            .fetch_all()
+            .await
+            .map_err(ch_err(table))?;
+            // Seen at the floor, and either not the newest seen there or a retirement.
+            let doomed: Vec<u64> = groups
+                .iter()
+                .flat_map(|g| {
+                    g.versions
+                        .iter()
+                        .copied()
+                        .filter(move |v| *v != g.newest || g.newest_deleted == 1)
+                })
+                .collect();
+            self.delete_versions(table, &doomed).await?;
+            if table == "chunks" {
+                removed.chunks += doomed.len() as u64;
+            } else {
+                removed.documents += doomed.len() as u64;
+            }
+        }
+        Ok(removed)
+    }
+
     async fn drop_all(&self) -> Result<()> {
-        for (table, _, _) in TABLES {
+        for (table, _, _) in PROJECTION {
             self.client
                 .query(&format!("DROP TABLE IF EXISTS {}.{table}", self.database))
                 .execute()
@@ -454,5 +741,146 @@ impl Warehouse for ClickHouseWarehouse {
                 .map_err(ch_err(table))?;
         }
         Ok(())
+    }
+
+    async fn put_snapshot(&self, snapshot: &Snapshot) -> Result<()> {
+        let row = SnapshotRow {
+            id: snapshot.id.clone(),
+            name: snapshot.name.clone(),
+            created_at: snapshot.created_at,
+            positions: to_json("snapshots", &snapshot.positions)?,
+            version: next_version(),
+            deleted: 0,
+        };
+        self.insert("snapshots", &[row]).await
+    }
+
+    async fn snapshots(&self) -> Result<Vec<Snapshot>> {
+        let rows: Vec<SnapshotRow> = self
+            .client
+            .query("SELECT ?fields FROM snapshots FINAL WHERE deleted = 0 ORDER BY created_at, id")
+            .fetch_all()
+            .await
+            .map_err(ch_err("snapshots"))?;
+        rows.into_iter()
+            .map(|r| {
+                Ok(Snapshot {
+                    id: r.id,
+                    name: r.name,
+                    created_at: r.created_at,
+                    positions: from_json("snapshots", &r.positions)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn delete_snapshot(&self, id: &str) -> Result<bool> {
+        let Some(snapshot) = self.snapshots().await?.into_iter().find(|s| s.id == id) else {
+            return Ok(false);
+        };
+        let row = SnapshotRow {
+            id: snapshot.id,
+            name: snapshot.name,
+            created_at: snapshot.created_at,
+            positions: String::new(),
+            version: next_version(),
+            deleted: 1,
+        };
+        self.insert("snapshots", &[row]).await?;
+        Ok(true)
+    }
+
+    async fn put_dataset(&self, dataset: &DatasetRecord, samples: &[SampleRow]) -> Result<()> {
+        let build = next_version();
+        let rows: Vec<DatasetSampleRow> = samples
+            .iter()
+            .map(|s| DatasetSampleRow {
+                dataset_id: dataset.id.clone(),
+                build,
+                split: s.split.clone(),
+                idx: s.index,
+                body: s.body.clone(),
+            })
+            .collect();
+        // Samples first: the record that points at them is written once they are all in.
+        self.insert("dataset_samples", &rows).await?;
+        let record = DatasetRow {
+            id: dataset.id.clone(),
+            name: dataset.name.clone(),
+            kind: dataset.kind.clone(),
+            snapshot_id: dataset.snapshot_id.clone(),
+            created_at: dataset.created_at,
+            metadata: dataset.metadata.clone(),
+            version: build,
+            deleted: 0,
+        };
+        self.insert("datasets", &[record]).await
+    }
+
+    async fn datasets(&self) -> Result<Vec<DatasetRecord>> {
+        let rows: Vec<DatasetRow> = self
+            .client
+            .query("SELECT ?fields FROM datasets FINAL WHERE deleted = 0 ORDER BY created_at, id")
+            .fetch_all()
+            .await
+            .map_err(ch_err("datasets"))?;
+        Ok(rows
+            .into_iter()
+            .map(|r| DatasetRecord {
+                id: r.id,
+                name: r.name,
+                kind: r.kind,
+                snapshot_id: r.snapshot_id,
+                created_at: r.created_at,
+                metadata: r.metadata,
+            })
+            .collect())
+    }
+
+    async fn dataset_samples(&self, id: &str) -> Result<Vec<SampleRow>> {
+        let Some(build) = self.record_version("datasets", id).await? else {
+            return Ok(Vec::new());
+        };
+        let rows: Vec<DatasetSampleRow> = self
+            .client
+            .query("SELECT ?fields FROM dataset_samples WHERE dataset_id = ? AND build = ? ORDER BY split, idx")
+            .bind(id)
+            .bind(build)
+            .fetch_all()
+            .await
+            .map_err(ch_err("dataset_samples"))?;
+        Ok(rows
+            .into_iter()
+            .map(|r| SampleRow {
+                split: r.split,
+                index: r.idx,
+                body: r.body,
+            })
+            .collect())
+    }
+
+    async fn delete_dataset(&self, id: &str) -> Result<bool> {
+        let Some(dataset) = self.datasets().await?.into_iter().find(|d| d.id == id) else {
+            return Ok(false);
+        };
+        let tombstone = DatasetRow {
+            id: dataset.id,
+            name: dataset.name,
+            kind: dataset.kind,
+            snapshot_id: dataset.snapshot_id,
+            created_at: dataset.created_at,
+            metadata: String::new(),
+            version: next_version(),
+            deleted: 1,
+        };
+        self.insert("datasets", &[tombstone]).await?;
+        // The samples go in the background: nothing reads a forgotten build.
+        self.client
+            .query("ALTER TABLE dataset_samples DELETE WHERE dataset_id = ?")
+            .bind(id)
+            .execute()
+            .await
+            .map_err(ch_err("dataset_samples"))?;
+        Ok(true)
     }
 }

@@ -1,8 +1,44 @@
-//! Which documents a read selects, and the SQL conditions both implementations build from it.
+//! Which documents a read selects and which version of them it sees, and the SQL conditions
+//! both implementations build from them.
 
-use twin_schemas::DocumentKind;
+use twin_schemas::{DocumentKind, Position};
 
 use crate::{kind_name, ChunkCursor};
+
+/// Which version of each row a read sees.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum AsOf {
+    /// The newest: what the warehouse holds now.
+    #[default]
+    Latest,
+    /// The newest caused by an event at or before these positions (one per partition; a
+    /// partition not named shows nothing): what the warehouse held when it had applied them.
+    Positions(Vec<Position>),
+}
+
+impl AsOf {
+    /// The condition on a version row that it may be seen.
+    pub(crate) fn visible(&self) -> Conditions {
+        let mut c = Conditions::default();
+        if let AsOf::Positions(positions) = self {
+            if positions.is_empty() {
+                c.push("1 = 0", []);
+            } else {
+                let each = vec!["(log_partition = ? AND log_offset <= ?)"; positions.len()];
+                c.push(
+                    &format!("({})", each.join(" OR ")),
+                    positions.iter().flat_map(|p| {
+                        [
+                            SqlValue::Int(i64::from(p.partition)),
+                            SqlValue::Int(p.offset as i64),
+                        ]
+                    }),
+                );
+            }
+        }
+        c
+    }
+}
 
 /// Filters on documents (and on the chunks of those documents); unset fields do not filter.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -61,6 +97,12 @@ impl Conditions {
         self.sql.push_str(" AND ");
         self.sql.push_str(sql);
         self.values.extend(values);
+    }
+
+    /// Add all of `other`'s conditions after these.
+    pub fn extend(&mut self, other: Conditions) {
+        self.sql.push_str(&other.sql);
+        self.values.extend(other.values);
     }
 }
 

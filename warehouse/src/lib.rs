@@ -16,8 +16,18 @@
 //! document ids ([`DocumentFilter`]), counts, and the log positions the warehouse has applied
 //! ([`Warehouse::applied`]).
 //!
-//! - [`filter`]: the filters, and their translation to SQL shared by both implementations.
+//! History is append-only: every write adds a version of its row, stamped with the log position
+//! of the event that caused it, and a read picks the newest version of each row that it may see
+//! ([`AsOf`]): the newest of all (what the warehouse holds now), or the newest caused at or before
+//! a set of log positions (what it held then). A [`catalog::Snapshot`] is such a set of positions
+//! with a name: it costs one row, and what is read through it never changes, whatever is applied
+//! afterwards. [`Warehouse::compact`] drops the versions no kept snapshot can see.
+//!
+//! - [`filter`]: the filters and the version a read sees, and their translation to SQL shared by
+//!   both implementations.
+//! - [`catalog`]: snapshots, and the datasets built from them, stored beside the projection.
 
+pub mod catalog;
 pub mod clickhouse_store;
 pub mod filter;
 pub mod sqlite;
@@ -31,14 +41,15 @@ use serde::{Deserialize, Serialize};
 use twin_config::{DataLayout, WarehouseBackend, WarehouseConfig};
 use twin_schemas::{Chunk, CleanedDocument, DocumentKind, RawDocument};
 
+pub use self::catalog::{DatasetRecord, SampleRow, Snapshot};
 pub use self::clickhouse_store::ClickHouseWarehouse;
-pub use self::filter::DocumentFilter;
+pub use self::filter::{AsOf, DocumentFilter};
 pub use self::sqlite::SqliteWarehouse;
 pub use twin_schemas::Position;
 
 /// The layout of the tables this build writes. A warehouse made with another layout is refused
 /// with a request to rebuild it from the log (`twin stream --rebuild`).
-pub const SCHEMA_VERSION: u32 = 2;
+pub const SCHEMA_VERSION: u32 = 3;
 
 /// What can go wrong in the warehouse.
 #[derive(Debug, thiserror::Error)]
@@ -132,6 +143,30 @@ pub struct Counts {
     pub chunks: u64,
 }
 
+/// Live documents and chunks of one author, kind and platform.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Breakdown {
+    /// The author's id.
+    pub author_id: String,
+    /// `article`, `post` or `repository`.
+    pub kind: String,
+    /// The platform.
+    pub platform: String,
+    /// Cleaned documents.
+    pub documents: u64,
+    /// Chunks.
+    pub chunks: u64,
+}
+
+/// What a compaction removed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Compaction {
+    /// Versions of raw and cleaned documents.
+    pub documents: u64,
+    /// Versions of chunks.
+    pub chunks: u64,
+}
+
 /// A row as stored: the value, and where on the log the event that wrote it is.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Stored<T> {
@@ -165,13 +200,16 @@ pub trait Warehouse: Send + Sync {
     /// Create the tables if missing; refuse tables of another layout.
     async fn ensure_schema(&self) -> Result<()>;
 
-    /// Upsert a raw document.
+    /// Add a version of a raw document, caused by the event at `at`. An event of the document's
+    /// partition at or before one already applied changes nothing (a redelivery, or an old
+    /// event arriving late).
     async fn put_raw(&self, doc: &RawDocument, at: Position) -> Result<()>;
 
-    /// Upsert a cleaned document.
+    /// Add a version of a cleaned document, as [`Warehouse::put_raw`] does.
     async fn put_cleaned(&self, doc: &CleanedDocument, at: Position) -> Result<()>;
 
-    /// Make `chunks` the document's chunks: upsert them, retire the ones it had and no longer has.
+    /// Make `chunks` the document's chunks: add versions of the ones that changed, retire the
+    /// ones it had and no longer has.
     async fn replace_chunks(&self, document_id: &str, chunks: &[Chunk], at: Position)
         -> Result<()>;
 
@@ -193,48 +231,94 @@ pub trait Warehouse: Send + Sync {
     /// A document's live chunks, by position.
     async fn chunks(&self, document_id: &str) -> Result<Vec<StoredChunk>>;
 
-    /// Up to `limit` live raw documents matching `filter` with ids after `after`, by id.
+    /// Up to `limit` raw documents seen `as_of`, matching `filter`, with ids after `after`, by id.
     async fn raw_page(
         &self,
+        as_of: &AsOf,
         filter: &DocumentFilter,
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<Stored<RawDocument>>>;
 
-    /// Up to `limit` live cleaned documents matching `filter` with ids after `after`, by id.
+    /// Up to `limit` cleaned documents seen `as_of`, matching `filter`, with ids after `after`.
     async fn cleaned_page(
         &self,
+        as_of: &AsOf,
         filter: &DocumentFilter,
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<Stored<CleanedDocument>>>;
 
-    /// Up to `limit` live chunks of documents matching `filter`, after `after`, by document id
-    /// then position.
+    /// Up to `limit` chunks seen `as_of` of documents matching `filter`, after `after`, by
+    /// document id then position.
     async fn chunk_page(
         &self,
+        as_of: &AsOf,
         filter: &DocumentFilter,
         after: Option<&ChunkCursor>,
         limit: usize,
     ) -> Result<Vec<StoredChunk>>;
 
-    /// Live rows per table of the documents matching `filter`.
-    async fn counts(&self, filter: &DocumentFilter) -> Result<Counts>;
+    /// Rows seen `as_of` per table, of the documents matching `filter`.
+    async fn counts(&self, as_of: &AsOf, filter: &DocumentFilter) -> Result<Counts>;
 
-    /// Drop every table (before a rebuild from the log).
+    /// Cleaned documents and chunks seen `as_of`, per author, kind and platform.
+    async fn breakdown(&self, as_of: &AsOf) -> Result<Vec<Breakdown>>;
+
+    /// Remove the versions that no read at or after `floor` (one position per partition) can
+    /// see: every version but the newest caused at or before `floor`, and that one too when it
+    /// is a retirement.
+    async fn compact(&self, floor: &[Position]) -> Result<Compaction>;
+
+    /// Drop the projection's tables (before a rebuild from the log). Snapshots and datasets
+    /// stay: a snapshot names log positions, and a rebuild projects the same log.
     async fn drop_all(&self) -> Result<()>;
+
+    /// Store a snapshot (replacing one with the same id).
+    async fn put_snapshot(&self, snapshot: &Snapshot) -> Result<()>;
+
+    /// Every snapshot, oldest first.
+    async fn snapshots(&self) -> Result<Vec<Snapshot>>;
+
+    /// Forget a snapshot; whether there was one.
+    async fn delete_snapshot(&self, id: &str) -> Result<bool>;
+
+    /// Store a dataset and its samples (replacing one with the same id).
+    async fn put_dataset(&self, dataset: &DatasetRecord, samples: &[SampleRow]) -> Result<()>;
+
+    /// Every dataset, oldest first.
+    async fn datasets(&self) -> Result<Vec<DatasetRecord>>;
+
+    /// A dataset's samples, by split then index.
+    async fn dataset_samples(&self, id: &str) -> Result<Vec<SampleRow>>;
+
+    /// Forget a dataset and its samples; whether there was one.
+    async fn delete_dataset(&self, id: &str) -> Result<bool>;
 }
 
-/// Every live raw document matching `filter`, by id, read a page at a time.
+/// One snapshot by id, or by a unique prefix of it, or by name.
+pub async fn find_snapshot(warehouse: &dyn Warehouse, key: &str) -> Result<Option<Snapshot>> {
+    let all = warehouse.snapshots().await?;
+    Ok(catalog::find(all, key, |s| (&s.id, s.name.as_deref())))
+}
+
+/// One dataset by id, or by a unique prefix of it, or by name.
+pub async fn find_dataset(warehouse: &dyn Warehouse, key: &str) -> Result<Option<DatasetRecord>> {
+    let all = warehouse.datasets().await?;
+    Ok(catalog::find(all, key, |d| (&d.id, d.name.as_deref())))
+}
+
+/// Every raw document seen `as_of` matching `filter`, by id, read a page at a time.
 pub fn scan_raw(
     warehouse: &dyn Warehouse,
+    as_of: AsOf,
     filter: DocumentFilter,
 ) -> BoxStream<'_, Result<Stored<RawDocument>>> {
     pages(move |after: Option<String>| {
-        let filter = filter.clone();
+        let (as_of, filter) = (as_of.clone(), filter.clone());
         async move {
             let page = warehouse
-                .raw_page(&filter, after.as_deref(), SCAN_PAGE)
+                .raw_page(&as_of, &filter, after.as_deref(), SCAN_PAGE)
                 .await?;
             let next = page.last().map(|s| s.value.id.clone());
             Ok((page, next))
@@ -242,16 +326,17 @@ pub fn scan_raw(
     })
 }
 
-/// Every live cleaned document matching `filter`, by id, read a page at a time.
+/// Every cleaned document seen `as_of` matching `filter`, by id, read a page at a time.
 pub fn scan_cleaned(
     warehouse: &dyn Warehouse,
+    as_of: AsOf,
     filter: DocumentFilter,
 ) -> BoxStream<'_, Result<Stored<CleanedDocument>>> {
     pages(move |after: Option<String>| {
-        let filter = filter.clone();
+        let (as_of, filter) = (as_of.clone(), filter.clone());
         async move {
             let page = warehouse
-                .cleaned_page(&filter, after.as_deref(), SCAN_PAGE)
+                .cleaned_page(&as_of, &filter, after.as_deref(), SCAN_PAGE)
                 .await?;
             let next = page.last().map(|s| s.value.id.clone());
             Ok((page, next))
@@ -259,17 +344,18 @@ pub fn scan_cleaned(
     })
 }
 
-/// Every live chunk of the documents matching `filter`, by document then position, read a page
+/// Every chunk seen `as_of` of the documents matching `filter`, by document then position, read a page
 /// at a time.
 pub fn scan_chunks(
     warehouse: &dyn Warehouse,
+    as_of: AsOf,
     filter: DocumentFilter,
 ) -> BoxStream<'_, Result<StoredChunk>> {
     pages(move |after: Option<ChunkCursor>| {
-        let filter = filter.clone();
+        let (as_of, filter) = (as_of.clone(), filter.clone());
         async move {
             let page = warehouse
-                .chunk_page(&filter, after.as_ref(), SCAN_PAGE)
+                .chunk_page(&as_of, &filter, after.as_ref(), SCAN_PAGE)
                 .await?;
             let next = page.last().map(|s| ChunkCursor {
                 document_id: s.value.document_id.clone(),
@@ -337,12 +423,13 @@ pub(crate) struct DocumentRow {
     body: String,
     log_partition: u32,
     log_offset: u64,
+    version: u64,
     deleted: u8,
 }
 
 /// The columns of a document table, in [`DocumentRow`]'s order.
 pub(crate) const DOCUMENT_COLUMNS: &str =
-    "id, kind, platform, author_id, published_at, url, content_hash, body, log_partition, log_offset, deleted";
+    "id, kind, platform, author_id, published_at, url, content_hash, body, log_partition, log_offset, version, deleted";
 
 impl DocumentRow {
     fn raw(doc: &RawDocument, at: Position) -> Result<Self> {
@@ -357,6 +444,7 @@ impl DocumentRow {
             body: to_json("raw_documents", doc)?,
             log_partition: at.partition,
             log_offset: at.offset,
+            version: next_version(),
             deleted: 0,
         })
     }
@@ -373,6 +461,7 @@ impl DocumentRow {
             body: to_json("cleaned_documents", doc)?,
             log_partition: at.partition,
             log_offset: at.offset,
+            version: next_version(),
             deleted: 0,
         })
     }
@@ -381,6 +470,17 @@ impl DocumentRow {
         Position {
             partition: self.log_partition,
             offset: self.log_offset,
+        }
+    }
+
+    /// This document retired by the event at `at`: a newer version marked deleted.
+    fn retired(self, at: Position) -> Self {
+        Self {
+            log_partition: at.partition,
+            log_offset: at.offset,
+            version: next_version(),
+            deleted: 1,
+            ..self
         }
     }
 }
@@ -400,11 +500,12 @@ pub(crate) struct ChunkRow {
     body: String,
     log_partition: u32,
     log_offset: u64,
+    version: u64,
     deleted: u8,
 }
 
 /// The columns of the chunk table, in [`ChunkRow`]'s order.
-pub(crate) const CHUNK_COLUMNS: &str = "id, document_id, position, kind, platform, author_id, published_at, text, token_count, body, log_partition, log_offset, deleted";
+pub(crate) const CHUNK_COLUMNS: &str = "id, document_id, position, kind, platform, author_id, published_at, text, token_count, body, log_partition, log_offset, version, deleted";
 
 impl ChunkRow {
     fn new(chunk: &Chunk, at: Position) -> Result<Self> {
@@ -421,6 +522,7 @@ impl ChunkRow {
             body: to_json("chunks", chunk)?,
             log_partition: at.partition,
             log_offset: at.offset,
+            version: next_version(),
             deleted: 0,
         })
     }
@@ -430,6 +532,7 @@ impl ChunkRow {
         Self {
             log_partition: at.partition,
             log_offset: at.offset,
+            version: next_version(),
             deleted: 1,
             ..self
         }
@@ -452,4 +555,40 @@ fn to_json<T: Serialize>(table: &'static str, value: &T) -> Result<String> {
 
 fn from_json<T: for<'de> Deserialize<'de>>(table: &'static str, text: &str) -> Result<T> {
     serde_json::from_str(text).map_err(|source| WarehouseError::Row { table, source })
+}
+
+/// A new version number: greater than every one this process gave before, and, across
+/// processes, ordered by the time it was given (nanoseconds since the epoch). Versions order the
+/// rows of one document or chunk; the log positions they carry say which snapshots see them.
+pub(crate) fn next_version() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    let previous = LAST
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |last| {
+            Some(now.max(last + 1))
+        })
+        .unwrap_or(0);
+    now.max(previous + 1)
+}
+
+/// Breakdown rows from (author, kind, platform) → (documents, chunks).
+pub(crate) fn breakdowns(
+    groups: std::collections::BTreeMap<(String, String, String), (u64, u64)>,
+) -> Vec<Breakdown> {
+    groups
+        .into_iter()
+        .map(
+            |((author_id, kind, platform), (documents, chunks))| Breakdown {
+                author_id,
+                kind,
+                platform,
+                documents,
+                chunks,
+            },
+        )
+        .collect()
 }

@@ -1,10 +1,11 @@
 //! The embedded warehouse: SQLite, one file under the data folder.
 //!
-//! Rows keep the version (log offset) of the event that wrote them, and an upsert only replaces
-//! a row with an older or equal version, as ClickHouse's `ReplacingMergeTree` does: the two
-//! implementations agree even when events are redelivered out of order. The table layout's
-//! version is SQLite's `user_version`.
+//! Every write adds a version row, keyed by the row's key and the log position that caused it;
+//! a read takes, per key, the version with the greatest version number among those it may see
+//! (a correlated `MAX` over an index on key and version). The table layout's version is SQLite's
+//! `user_version`.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -15,32 +16,194 @@ use twin_schemas::{Chunk, CleanedDocument, RawDocument};
 
 use crate::filter::{self, Conditions, SqlValue};
 use crate::{
-    from_json, ChunkCursor, ChunkRow, Counts, DocumentFilter, DocumentRow, Position, Result,
-    Stored, StoredChunk, Warehouse, WarehouseError, CHUNK_COLUMNS, DOCUMENT_COLUMNS,
-    SCHEMA_VERSION,
+    breakdowns, from_json, to_json, AsOf, Breakdown, ChunkCursor, ChunkRow, Compaction, Counts,
+    DatasetRecord, DocumentFilter, DocumentRow, Position, Result, SampleRow, Snapshot, Stored,
+    StoredChunk, Warehouse, WarehouseError, CHUNK_COLUMNS, DOCUMENT_COLUMNS, SCHEMA_VERSION,
 };
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS raw_documents (
-    id TEXT PRIMARY KEY, kind TEXT NOT NULL, platform TEXT NOT NULL, author_id TEXT NOT NULL,
+    id TEXT NOT NULL, kind TEXT NOT NULL, platform TEXT NOT NULL, author_id TEXT NOT NULL,
     published_at INTEGER, url TEXT NOT NULL, content_hash TEXT NOT NULL, body TEXT NOT NULL,
-    log_partition INTEGER NOT NULL, log_offset INTEGER NOT NULL, deleted INTEGER NOT NULL);
+    log_partition INTEGER NOT NULL, log_offset INTEGER NOT NULL, version INTEGER NOT NULL,
+    deleted INTEGER NOT NULL, PRIMARY KEY (id, log_partition, log_offset));
+CREATE INDEX IF NOT EXISTS raw_documents_versions ON raw_documents (id, version);
 CREATE TABLE IF NOT EXISTS cleaned_documents (
-    id TEXT PRIMARY KEY, kind TEXT NOT NULL, platform TEXT NOT NULL, author_id TEXT NOT NULL,
+    id TEXT NOT NULL, kind TEXT NOT NULL, platform TEXT NOT NULL, author_id TEXT NOT NULL,
     published_at INTEGER, url TEXT NOT NULL, content_hash TEXT NOT NULL, body TEXT NOT NULL,
-    log_partition INTEGER NOT NULL, log_offset INTEGER NOT NULL, deleted INTEGER NOT NULL);
+    log_partition INTEGER NOT NULL, log_offset INTEGER NOT NULL, version INTEGER NOT NULL,
+    deleted INTEGER NOT NULL, PRIMARY KEY (id, log_partition, log_offset));
+CREATE INDEX IF NOT EXISTS cleaned_documents_versions ON cleaned_documents (id, version);
 CREATE TABLE IF NOT EXISTS chunks (
     id TEXT NOT NULL, document_id TEXT NOT NULL, position INTEGER NOT NULL, kind TEXT NOT NULL,
     platform TEXT NOT NULL, author_id TEXT NOT NULL, published_at INTEGER, text TEXT NOT NULL,
     token_count INTEGER NOT NULL, body TEXT NOT NULL,
-    log_partition INTEGER NOT NULL, log_offset INTEGER NOT NULL, deleted INTEGER NOT NULL,
-    PRIMARY KEY (document_id, id));
+    log_partition INTEGER NOT NULL, log_offset INTEGER NOT NULL, version INTEGER NOT NULL,
+    deleted INTEGER NOT NULL, PRIMARY KEY (document_id, id, log_partition, log_offset));
+CREATE INDEX IF NOT EXISTS chunks_versions ON chunks (document_id, id, version);
 CREATE INDEX IF NOT EXISTS chunks_in_order ON chunks (document_id, position);
 CREATE TABLE IF NOT EXISTS applied (
     log_partition INTEGER PRIMARY KEY, log_offset INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS snapshots (
+    id TEXT PRIMARY KEY, name TEXT, created_at INTEGER NOT NULL, positions TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS datasets (
+    id TEXT PRIMARY KEY, name TEXT, kind TEXT NOT NULL, snapshot_id TEXT,
+    created_at INTEGER NOT NULL, metadata TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS dataset_samples (
+    dataset_id TEXT NOT NULL, split TEXT NOT NULL, idx INTEGER NOT NULL, body TEXT NOT NULL,
+    PRIMARY KEY (dataset_id, split, idx));
 ";
 
-const TABLES: [&str; 4] = ["raw_documents", "cleaned_documents", "chunks", "applied"];
+/// The projection's tables: what a rebuild drops.
+const PROJECTION: [&str; 4] = ["raw_documents", "cleaned_documents", "chunks", "applied"];
+
+/// The condition that a row of `table` is the newest version of its key seen `as_of`.
+fn newest(table: &str, as_of: &AsOf) -> Conditions {
+    let key = if table == "chunks" {
+        "v.document_id = chunks.document_id AND v.id = chunks.id"
+    } else {
+        "v.id = {table}.id"
+    }
+    .replace("{table}", table);
+    let visible = as_of.visible();
+    let mut c = Conditions::default();
+    c.push(
+        &format!(
+            "{table}.version = (SELECT MAX(v.version) FROM {table} AS v WHERE {key}{})",
+            visible.sql
+        ),
+        visible.values,
+    );
+    c
+}
+
+fn document_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DocumentRow> {
+    Ok(DocumentRow {
+        id: r.get(0)?,
+        kind: r.get(1)?,
+        platform: r.get(2)?,
+        author_id: r.get(3)?,
+        published_at: r.get(4)?,
+        url: r.get(5)?,
+        content_hash: r.get(6)?,
+        body: r.get(7)?,
+        log_partition: r.get(8)?,
+        log_offset: r.get::<_, i64>(9)? as u64,
+        version: r.get::<_, i64>(10)? as u64,
+        deleted: r.get(11)?,
+    })
+}
+
+fn chunk_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ChunkRow> {
+    Ok(ChunkRow {
+        id: r.get(0)?,
+        document_id: r.get(1)?,
+        position: r.get(2)?,
+        kind: r.get(3)?,
+        platform: r.get(4)?,
+        author_id: r.get(5)?,
+        published_at: r.get(6)?,
+        text: r.get(7)?,
+        token_count: r.get(8)?,
+        body: r.get(9)?,
+        log_partition: r.get(10)?,
+        log_offset: r.get::<_, i64>(11)? as u64,
+        version: r.get::<_, i64>(12)? as u64,
+        deleted: r.get(13)?,
+    })
+}
+
+fn insert_document(c: &Connection, table: &str, row: &DocumentRow) -> rusqlite::Result<()> {
+    c.execute(
+        &format!(
+            "INSERT OR IGNORE INTO {table} ({DOCUMENT_COLUMNS})
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"
+        ),
+        params![
+            row.id,
+            row.kind,
+            row.platform,
+            row.author_id,
+            row.published_at,
+            row.url,
+            row.content_hash,
+            row.body,
+            row.log_partition,
+            row.log_offset as i64,
+            row.version as i64,
+            row.deleted
+        ],
+    )
+    .map(|_| ())
+}
+
+fn insert_chunk(c: &Connection, row: &ChunkRow) -> rusqlite::Result<()> {
+    c.execute(
+        &format!(
+            "INSERT OR IGNORE INTO chunks ({CHUNK_COLUMNS})
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)"
+        ),
+        params![
+            row.id,
+            row.document_id,
+            row.position,
+            row.kind,
+            row.platform,
+            row.author_id,
+            row.published_at,
+            row.text,
+            row.token_count,
+            row.body,
+            row.log_partition,
+            row.log_offset as i64,
+            row.version as i64,
+            row.deleted
+        ],
+    )
+    .map(|_| ())
+}
+
+/// Whether an event of `at`'s partition at or after `at` already wrote rows of the key: then
+/// the event at `at` is a redelivery or arrives late, and must change nothing.
+fn already_applied(
+    c: &Connection,
+    table: &str,
+    key_column: &str,
+    key: &str,
+    at: Position,
+) -> rusqlite::Result<bool> {
+    c.query_row(
+        &format!(
+            "SELECT EXISTS (SELECT 1 FROM {table} WHERE {key_column} = ?1 AND log_partition = ?2 AND log_offset >= ?3)"
+        ),
+        params![key, at.partition, at.offset as i64],
+        |r| r.get(0),
+    )
+}
+
+/// The newest version of a document, deleted or not.
+fn newest_document(c: &Connection, table: &str, id: &str) -> rusqlite::Result<Option<DocumentRow>> {
+    c.query_row(
+        &format!(
+            "SELECT {DOCUMENT_COLUMNS} FROM {table} WHERE id = ?1 ORDER BY version DESC LIMIT 1"
+        ),
+        params![id],
+        document_row,
+    )
+    .optional()
+}
+
+/// The newest live version of each of a document's chunks.
+fn live_chunks(c: &Connection, document_id: &str) -> rusqlite::Result<Vec<ChunkRow>> {
+    let Conditions { sql, values } = newest("chunks", &AsOf::Latest);
+    let mut statement = c.prepare(&format!(
+        "SELECT {CHUNK_COLUMNS} FROM chunks WHERE deleted = 0 AND document_id = ?{sql} ORDER BY position"
+    ))?;
+    let mut all = vec![Value::Text(document_id.to_string())];
+    all.extend(bind(values));
+    let rows = statement.query_map(params_from_iter(all), chunk_row)?;
+    rows.collect()
+}
 
 /// The SQLite warehouse.
 pub struct SqliteWarehouse {
@@ -105,102 +268,89 @@ impl SqliteWarehouse {
 
     async fn put_document(&self, table: &'static str, row: DocumentRow) -> Result<()> {
         self.with(move |c| {
-            c.execute(
-                &format!(
-                    "INSERT INTO {table} ({DOCUMENT_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 0)
-                     ON CONFLICT(id) DO UPDATE SET kind = excluded.kind, platform = excluded.platform,
-                       author_id = excluded.author_id, published_at = excluded.published_at,
-                       url = excluded.url, content_hash = excluded.content_hash, body = excluded.body,
-                       log_partition = excluded.log_partition, log_offset = excluded.log_offset, deleted = 0
-                     WHERE excluded.log_offset >= {table}.log_offset"
-                ),
-                params![
-                    row.id,
-                    row.kind,
-                    row.platform,
-                    row.author_id,
-                    row.published_at,
-                    row.url,
-                    row.content_hash,
-                    row.body,
-                    row.log_partition,
-                    row.log_offset as i64
-                ],
-            )
-            .map(|_| ())
+            let tx = c.transaction()?;
+            if !already_applied(&tx, table, "id", &row.id, row.position())? {
+                insert_document(&tx, table, &row)?;
+            }
+            tx.commit()
         })
         .await
     }
 
-    async fn document_body(&self, table: &'static str, id: &str) -> Result<Option<String>> {
-        let id = id.to_string();
+    async fn document_rows(
+        &self,
+        table: &'static str,
+        as_of: &AsOf,
+        conditions: Conditions,
+        tail: String,
+    ) -> Result<Vec<DocumentRow>> {
+        let mut all = newest(table, as_of);
+        all.extend(conditions);
+        let Conditions { sql, values } = all;
         self.with(move |c| {
-            c.query_row(
-                &format!("SELECT body FROM {table} WHERE id = ?1 AND deleted = 0"),
-                params![id],
-                |r| r.get(0),
-            )
-            .optional()
+            let mut statement = c.prepare(&format!(
+                "SELECT {DOCUMENT_COLUMNS} FROM {table} WHERE deleted = 0{sql} {tail}"
+            ))?;
+            let rows = statement.query_map(params_from_iter(bind(values)), document_row)?;
+            rows.collect()
         })
         .await
+    }
+
+    async fn document<T: for<'de> serde::Deserialize<'de>>(
+        &self,
+        table: &'static str,
+        id: &str,
+    ) -> Result<Option<T>> {
+        let mut conditions = Conditions::default();
+        conditions.push("id = ?", [SqlValue::Text(id.to_string())]);
+        self.document_rows(table, &AsOf::Latest, conditions, String::new())
+            .await?
+            .first()
+            .map(|row| from_json(table, &row.body))
+            .transpose()
     }
 
     async fn document_page<T: for<'de> serde::Deserialize<'de>>(
         &self,
         table: &'static str,
+        as_of: &AsOf,
         filter: &DocumentFilter,
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<Stored<T>>> {
         let conditions = filter::document_page(filter, after);
-        let Conditions { sql, values } = conditions;
-        let rows: Vec<(String, u32, i64)> = self
-            .with(move |c| {
-                let mut statement = c.prepare(&format!(
-                    "SELECT body, log_partition, log_offset FROM {table} WHERE deleted = 0{sql} ORDER BY id LIMIT {limit}"
-                ))?;
-                let rows = statement.query_map(params_from_iter(bind(values)), |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-                })?;
-                rows.collect()
+        self.document_rows(
+            table,
+            as_of,
+            conditions,
+            format!("ORDER BY id LIMIT {limit}"),
+        )
+        .await?
+        .iter()
+        .map(|row| {
+            Ok(Stored {
+                value: from_json(table, &row.body)?,
+                position: row.position(),
             })
-            .await?;
-        rows.into_iter()
-            .map(|(body, partition, offset)| {
-                Ok(Stored {
-                    value: from_json(table, &body)?,
-                    position: Position {
-                        partition,
-                        offset: offset as u64,
-                    },
-                })
-            })
-            .collect()
+        })
+        .collect()
     }
 
-    async fn chunk_rows(&self, conditions: Conditions, tail: String) -> Result<Vec<ChunkRow>> {
-        let Conditions { sql, values } = conditions;
+    async fn chunk_rows(
+        &self,
+        as_of: &AsOf,
+        conditions: Conditions,
+        tail: String,
+    ) -> Result<Vec<ChunkRow>> {
+        let mut all = newest("chunks", as_of);
+        all.extend(conditions);
+        let Conditions { sql, values } = all;
         self.with(move |c| {
             let mut statement = c.prepare(&format!(
                 "SELECT {CHUNK_COLUMNS} FROM chunks WHERE deleted = 0{sql} {tail}"
             ))?;
-            let rows = statement.query_map(params_from_iter(bind(values)), |r| {
-                Ok(ChunkRow {
-                    id: r.get(0)?,
-                    document_id: r.get(1)?,
-                    position: r.get(2)?,
-                    kind: r.get(3)?,
-                    platform: r.get(4)?,
-                    author_id: r.get(5)?,
-                    published_at: r.get(6)?,
-                    text: r.get(7)?,
-                    token_count: r.get(8)?,
-                    body: r.get(9)?,
-                    log_partition: r.get(10)?,
-                    log_offset: r.get::<_, i64>(11)? as u64,
-                    deleted: r.get(12)?,
-                })
-            })?;
+            let rows = statement.query_map(params_from_iter(bind(values)), chunk_row)?;
             rows.collect()
         })
         .await
@@ -266,44 +416,23 @@ impl Warehouse for SqliteWarehouse {
             .collect::<Result<_>>()?;
         self.with(move |c| {
             let tx = c.transaction()?;
-            // An older event arriving late must not undo a newer one.
-            let newest: Option<i64> = tx.query_row(
-                "SELECT MAX(log_offset) FROM chunks WHERE document_id = ?1",
-                params![document_id],
-                |r| r.get(0),
-            )?;
-            if newest.is_some_and(|n| n > at.offset as i64) {
+            if already_applied(&tx, "chunks", "document_id", &document_id, at)? {
                 return tx.commit();
             }
-            tx.execute(
-                "UPDATE chunks SET deleted = 1, log_partition = ?2, log_offset = ?3 WHERE document_id = ?1",
-                params![document_id, at.partition, at.offset as i64],
-            )?;
+            let live = live_chunks(&tx, &document_id)?;
+            for old in &live {
+                if !rows.iter().any(|r| r.id == old.id) {
+                    insert_chunk(&tx, &old.clone().retired(at))?;
+                }
+            }
             for row in &rows {
-                tx.execute(
-                    &format!(
-                        "INSERT INTO chunks ({CHUNK_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, 0)
-                         ON CONFLICT(document_id, id) DO UPDATE SET position = excluded.position,
-                           kind = excluded.kind, platform = excluded.platform, author_id = excluded.author_id,
-                           published_at = excluded.published_at, text = excluded.text,
-                           token_count = excluded.token_count, body = excluded.body,
-                           log_partition = excluded.log_partition, log_offset = excluded.log_offset, deleted = 0"
-                    ),
-                    params![
-                        row.id,
-                        document_id,
-                        row.position,
-                        row.kind,
-                        row.platform,
-                        row.author_id,
-                        row.published_at,
-                        row.text,
-                        row.token_count,
-                        row.body,
-                        row.log_partition,
-                        row.log_offset as i64
-                    ],
-                )?;
+                // An unchanged chunk keeps its version: every snapshot that saw it still does.
+                if !live
+                    .iter()
+                    .any(|old| old.id == row.id && old.body == row.body)
+                {
+                    insert_chunk(&tx, row)?;
+                }
             }
             tx.commit()
         })
@@ -315,15 +444,20 @@ impl Warehouse for SqliteWarehouse {
         self.with(move |c| {
             let tx = c.transaction()?;
             for table in ["raw_documents", "cleaned_documents"] {
-                tx.execute(
-                    &format!("UPDATE {table} SET deleted = 1, log_partition = ?2, log_offset = ?3 WHERE id = ?1 AND log_offset <= ?3"),
-                    params![id, at.partition, at.offset as i64],
-                )?;
+                if already_applied(&tx, table, "id", &id, at)? {
+                    continue;
+                }
+                if let Some(newest) = newest_document(&tx, table, &id)? {
+                    if newest.deleted == 0 {
+                        insert_document(&tx, table, &newest.retired(at))?;
+                    }
+                }
             }
-            tx.execute(
-                "UPDATE chunks SET deleted = 1, log_partition = ?2, log_offset = ?3 WHERE document_id = ?1 AND log_offset <= ?3",
-                params![id, at.partition, at.offset as i64],
-            )?;
+            if !already_applied(&tx, "chunks", "document_id", &id, at)? {
+                for old in live_chunks(&tx, &id)? {
+                    insert_chunk(&tx, &old.retired(at))?;
+                }
+            }
             tx.commit()
         })
         .await
@@ -361,23 +495,17 @@ impl Warehouse for SqliteWarehouse {
     }
 
     async fn raw(&self, id: &str) -> Result<Option<RawDocument>> {
-        self.document_body("raw_documents", id)
-            .await?
-            .map(|b| from_json("raw_documents", &b))
-            .transpose()
+        self.document("raw_documents", id).await
     }
 
     async fn cleaned(&self, id: &str) -> Result<Option<CleanedDocument>> {
-        self.document_body("cleaned_documents", id)
-            .await?
-            .map(|b| from_json("cleaned_documents", &b))
-            .transpose()
+        self.document("cleaned_documents", id).await
     }
 
     async fn chunks(&self, document_id: &str) -> Result<Vec<StoredChunk>> {
         let mut conditions = Conditions::default();
         conditions.push("document_id = ?", [SqlValue::Text(document_id.to_string())]);
-        self.chunk_rows(conditions, "ORDER BY position".into())
+        self.chunk_rows(&AsOf::Latest, conditions, "ORDER BY position".into())
             .await?
             .iter()
             .map(ChunkRow::stored)
@@ -386,44 +514,49 @@ impl Warehouse for SqliteWarehouse {
 
     async fn raw_page(
         &self,
+        as_of: &AsOf,
         filter: &DocumentFilter,
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<Stored<RawDocument>>> {
-        self.document_page("raw_documents", filter, after, limit)
+        self.document_page("raw_documents", as_of, filter, after, limit)
             .await
     }
 
     async fn cleaned_page(
         &self,
+        as_of: &AsOf,
         filter: &DocumentFilter,
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<Stored<CleanedDocument>>> {
-        self.document_page("cleaned_documents", filter, after, limit)
+        self.document_page("cleaned_documents", as_of, filter, after, limit)
             .await
     }
 
     async fn chunk_page(
         &self,
+        as_of: &AsOf,
         filter: &DocumentFilter,
         after: Option<&ChunkCursor>,
         limit: usize,
     ) -> Result<Vec<StoredChunk>> {
         let conditions = filter::chunk_page(filter, after);
         let tail = format!("ORDER BY document_id, position LIMIT {limit}");
-        self.chunk_rows(conditions, tail)
+        self.chunk_rows(as_of, conditions, tail)
             .await?
             .iter()
             .map(ChunkRow::stored)
             .collect()
     }
 
-    async fn counts(&self, filter: &DocumentFilter) -> Result<Counts> {
-        let filter = filter.clone();
+    async fn counts(&self, as_of: &AsOf, filter: &DocumentFilter) -> Result<Counts> {
+        let (as_of, filter) = (as_of.clone(), filter.clone());
         self.with(move |c| {
             let count = |table: &str, id_column: &str| -> Result<u64, rusqlite::Error> {
-                let Conditions { sql, values } = filter.conditions(id_column);
+                let mut all = newest(table, &as_of);
+                all.extend(filter.conditions(id_column));
+                let Conditions { sql, values } = all;
                 c.query_row(
                     &format!("SELECT COUNT(*) FROM {table} WHERE deleted = 0{sql}"),
                     params_from_iter(bind(values)),
@@ -440,12 +573,205 @@ impl Warehouse for SqliteWarehouse {
         .await
     }
 
+    async fn breakdown(&self, as_of: &AsOf) -> Result<Vec<Breakdown>> {
+        let as_of = as_of.clone();
+        self.with(move |c| {
+            let mut groups: BTreeMap<(String, String, String), (u64, u64)> = BTreeMap::new();
+            for table in ["cleaned_documents", "chunks"] {
+                let Conditions { sql, values } = newest(table, &as_of);
+                let mut statement = c.prepare(&format!(
+                    "SELECT author_id, kind, platform, COUNT(*) FROM {table} WHERE deleted = 0{sql}
+                     GROUP BY author_id, kind, platform"
+                ))?;
+                let rows = statement.query_map(params_from_iter(bind(values)), |r| {
+                    Ok((
+                        (r.get(0)?, r.get(1)?, r.get(2)?),
+                        r.get::<_, i64>(3)? as u64,
+                    ))
+                })?;
+                for row in rows {
+                    let (key, n) = row?;
+                    let slot = groups.entry(key).or_default();
+                    if table == "chunks" {
+                        slot.1 = n;
+                    } else {
+                        slot.0 = n;
+                    }
+                }
+            }
+            Ok(breakdowns(groups))
+        })
+        .await
+    }
+
+    async fn compact(&self, floor: &[Position]) -> Result<Compaction> {
+        let floor = AsOf::Positions(floor.to_vec());
+        self.with(move |c| {
+            let tx = c.transaction()?;
+            let mut removed = Compaction::default();
+            for table in ["raw_documents", "cleaned_documents", "chunks"] {
+                let visible = floor.visible();
+                let Conditions { sql, values } = {
+                    let mut all = visible;
+                    // Seen at the floor, and either not the newest seen there or a retirement.
+                    let newest = newest(table, &floor);
+                    all.push(
+                        &format!(
+                            "(NOT ({}) OR deleted = 1)",
+                            newest.sql.trim_start_matches(" AND ")
+                        ),
+                        newest.values,
+                    );
+                    all
+                };
+                let n = tx.execute(
+                    &format!("DELETE FROM {table} WHERE 1 = 1{sql}"),
+                    params_from_iter(bind(values)),
+                )? as u64;
+                if table == "chunks" {
+                    removed.chunks += n;
+                } else {
+                    removed.documents += n;
+                }
+            }
+            tx.commit()?;
+            Ok(removed)
+        })
+        .await
+    }
+
     async fn drop_all(&self) -> Result<()> {
         self.with(|c| {
-            for table in TABLES {
+            for table in PROJECTION {
                 c.execute_batch(&format!("DROP TABLE IF EXISTS {table};"))?;
             }
             c.execute_batch("PRAGMA user_version = 0")
+        })
+        .await
+    }
+
+    async fn put_snapshot(&self, snapshot: &Snapshot) -> Result<()> {
+        let snapshot = snapshot.clone();
+        let positions = to_json("snapshots", &snapshot.positions)?;
+        self.with(move |c| {
+            c.execute(
+                "INSERT OR REPLACE INTO snapshots (id, name, created_at, positions) VALUES (?1, ?2, ?3, ?4)",
+                params![snapshot.id, snapshot.name, snapshot.created_at, positions],
+            )
+            .map(|_| ())
+        })
+        .await
+    }
+
+    async fn snapshots(&self) -> Result<Vec<Snapshot>> {
+        let rows: Vec<(String, Option<String>, i64, String)> = self
+            .with(|c| {
+                let mut statement = c.prepare(
+                    "SELECT id, name, created_at, positions FROM snapshots ORDER BY created_at, id",
+                )?;
+                let rows = statement
+                    .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?;
+                rows.collect()
+            })
+            .await?;
+        rows.into_iter()
+            .map(|(id, name, created_at, positions)| {
+                Ok(Snapshot {
+                    id,
+                    name,
+                    created_at,
+                    positions: from_json("snapshots", &positions)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn delete_snapshot(&self, id: &str) -> Result<bool> {
+        let id = id.to_string();
+        self.with(move |c| c.execute("DELETE FROM snapshots WHERE id = ?1", params![id]))
+            .await
+            .map(|n| n > 0)
+    }
+
+    async fn put_dataset(&self, dataset: &DatasetRecord, samples: &[SampleRow]) -> Result<()> {
+        let (dataset, samples) = (dataset.clone(), samples.to_vec());
+        self.with(move |c| {
+            let tx = c.transaction()?;
+            tx.execute("DELETE FROM dataset_samples WHERE dataset_id = ?1", params![dataset.id])?;
+            tx.execute(
+                "INSERT OR REPLACE INTO datasets (id, name, kind, snapshot_id, created_at, metadata)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![
+                    dataset.id,
+                    dataset.name,
+                    dataset.kind,
+                    dataset.snapshot_id,
+                    dataset.created_at,
+                    dataset.metadata
+                ],
+            )?;
+            {
+                let mut insert = tx.prepare(
+                    "INSERT INTO dataset_samples (dataset_id, split, idx, body) VALUES (?1, ?2, ?3, ?4)",
+                )?;
+                for sample in &samples {
+                    insert.execute(params![dataset.id, sample.split, sample.index, sample.body])?;
+                }
+            }
+            tx.commit()
+        })
+        .await
+    }
+
+    async fn datasets(&self) -> Result<Vec<DatasetRecord>> {
+        self.with(|c| {
+            let mut statement = c.prepare(
+                "SELECT id, name, kind, snapshot_id, created_at, metadata FROM datasets ORDER BY created_at, id",
+            )?;
+            let rows = statement.query_map([], |r| {
+                Ok(DatasetRecord {
+                    id: r.get(0)?,
+                    name: r.get(1)?,
+                    kind: r.get(2)?,
+                    snapshot_id: r.get(3)?,
+                    created_at: r.get(4)?,
+                    metadata: r.get(5)?,
+                })
+            })?;
+            rows.collect()
+        })
+        .await
+    }
+
+    async fn dataset_samples(&self, id: &str) -> Result<Vec<SampleRow>> {
+        let id = id.to_string();
+        self.with(move |c| {
+            let mut statement = c.prepare(
+                "SELECT split, idx, body FROM dataset_samples WHERE dataset_id = ?1 ORDER BY split, idx",
+            )?;
+            let rows = statement.query_map(params![id], |r| {
+                Ok(SampleRow {
+                    split: r.get(0)?,
+                    index: r.get(1)?,
+                    body: r.get(2)?,
+                })
+            })?;
+            rows.collect()
+        })
+        .await
+    }
+
+    async fn delete_dataset(&self, id: &str) -> Result<bool> {
+        let id = id.to_string();
+        self.with(move |c| {
+            let tx = c.transaction()?;
+            tx.execute(
+                "DELETE FROM dataset_samples WHERE dataset_id = ?1",
+                params![id],
+            )?;
+            let n = tx.execute("DELETE FROM datasets WHERE id = ?1", params![id])?;
+            tx.commit()?;
+            Ok(n > 0)
         })
         .await
     }

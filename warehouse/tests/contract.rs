@@ -11,7 +11,8 @@ use twin_schemas::{CleanedDocument, DocumentKind, Position, RawDocument};
 use twin_testkit::documents::{article as raw, chunks};
 use twin_testkit::Backend;
 use twin_warehouse::{
-    scan_chunks, scan_cleaned, scan_raw, ClickHouseWarehouse, DocumentFilter, SqliteWarehouse,
+    find_snapshot, scan_chunks, scan_cleaned, scan_raw, AsOf, Breakdown, ClickHouseWarehouse,
+    Compaction, Counts, DatasetRecord, DocumentFilter, SampleRow, Snapshot, SqliteWarehouse,
     Warehouse, WarehouseError,
 };
 
@@ -96,7 +97,10 @@ async fn writes_are_idempotent(w: Handle) {
             .await
             .expect("chunks");
     }
-    let counts = w.counts(&DocumentFilter::all()).await.expect("counts");
+    let counts = w
+        .counts(&AsOf::Latest, &DocumentFilter::all())
+        .await
+        .expect("counts");
     assert_eq!((counts.raw, counts.chunks), (1, 2));
 }
 
@@ -114,7 +118,7 @@ async fn a_changed_document_leaves_no_stale_chunk(w: Handle) {
     let stored = w.chunks("doc-c").await.expect("chunks");
     assert_eq!(texts(&stored), ["new one", "old two"]);
     assert_eq!(
-        w.counts(&DocumentFilter::all())
+        w.counts(&AsOf::Latest, &DocumentFilter::all())
             .await
             .expect("counts")
             .chunks,
@@ -152,7 +156,10 @@ async fn a_tombstone_removes_the_document_and_its_chunks(w: Handle) {
         w.raw("doc-e").await.expect("raw").is_some(),
         "other documents stay"
     );
-    let counts = w.counts(&DocumentFilter::all()).await.expect("counts");
+    let counts = w
+        .counts(&AsOf::Latest, &DocumentFilter::all())
+        .await
+        .expect("counts");
     assert_eq!((counts.raw, counts.cleaned, counts.chunks), (1, 0, 0));
     // The document can come back later.
     w.put_raw(&doc, at(9)).await.expect("back");
@@ -164,7 +171,10 @@ async fn drop_all_empties_the_warehouse_for_a_rebuild(w: Handle) {
     w.drop_all().await.expect("drop");
     w.ensure_schema().await.expect("schema again");
     assert_eq!(
-        w.counts(&DocumentFilter::all()).await.expect("counts").raw,
+        w.counts(&AsOf::Latest, &DocumentFilter::all())
+            .await
+            .expect("counts")
+            .raw,
         0
     );
 }
@@ -208,7 +218,7 @@ async fn library(w: &Handle) -> Vec<RawDocument> {
 }
 
 async fn raw_ids(w: &Handle, filter: DocumentFilter) -> Vec<String> {
-    scan_raw(w.as_ref(), filter)
+    scan_raw(w.as_ref(), AsOf::Latest, filter)
         .map_ok(|s| s.value.id)
         .try_collect()
         .await
@@ -240,13 +250,13 @@ async fn scans_filter_by_author_kind_platform_time_and_ids(w: Handle) {
     assert_eq!(raw_ids(&w, published).await, ["lib-1", "lib-2"]);
     let some = DocumentFilter::documents(["lib-3", "lib-0", "missing"]);
     assert_eq!(raw_ids(&w, some.clone()).await, ["lib-0", "lib-3"]);
-    let cleaned_ids: Vec<String> = scan_cleaned(w.as_ref(), some.clone())
+    let cleaned_ids: Vec<String> = scan_cleaned(w.as_ref(), AsOf::Latest, some.clone())
         .map_ok(|s| s.value.id)
         .try_collect()
         .await
         .expect("scan cleaned");
     assert_eq!(cleaned_ids, ["lib-0", "lib-3"]);
-    let chunk_keys: Vec<(String, i32)> = scan_chunks(w.as_ref(), some)
+    let chunk_keys: Vec<(String, i32)> = scan_chunks(w.as_ref(), AsOf::Latest, some)
         .map_ok(|s| (s.value.document_id, s.value.position))
         .try_collect()
         .await
@@ -267,7 +277,7 @@ async fn scans_page_through_everything_once_in_order_with_positions(w: Handle) {
     let mut after: Option<String> = None;
     loop {
         let page = w
-            .raw_page(&DocumentFilter::all(), after.as_deref(), 2)
+            .raw_page(&AsOf::Latest, &DocumentFilter::all(), after.as_deref(), 2)
             .await
             .expect("page");
         if page.is_empty() {
@@ -288,7 +298,7 @@ async fn scans_page_through_everything_once_in_order_with_positions(w: Handle) {
     let mut cursor = None;
     loop {
         let page = w
-            .chunk_page(&DocumentFilter::all(), cursor.as_ref(), 1)
+            .chunk_page(&AsOf::Latest, &DocumentFilter::all(), cursor.as_ref(), 1)
             .await
             .expect("chunk page");
         let Some(last) = page.last() else { break };
@@ -318,17 +328,24 @@ async fn retired_rows_are_not_read(w: Handle) {
         raw_ids(&w, DocumentFilter::all()).await,
         ["lib-0", "lib-2", "lib-3", "lib-4"]
     );
-    let lib2: Vec<String> = scan_chunks(w.as_ref(), DocumentFilter::documents(["lib-2"]))
-        .map_ok(|s| s.value.text)
-        .try_collect()
-        .await
-        .expect("scan");
+    let lib2: Vec<String> = scan_chunks(
+        w.as_ref(),
+        AsOf::Latest,
+        DocumentFilter::documents(["lib-2"]),
+    )
+    .map_ok(|s| s.value.text)
+    .try_collect()
+    .await
+    .expect("scan");
     assert_eq!(lib2, ["only"]);
 }
 
 async fn counts_follow_the_filter(w: Handle) {
     library(&w).await;
-    let all = w.counts(&DocumentFilter::all()).await.expect("counts");
+    let all = w
+        .counts(&AsOf::Latest, &DocumentFilter::all())
+        .await
+        .expect("counts");
     assert_eq!(
         (all.raw, all.cleaned, all.chunks),
         (5, 5, 1 + 2 + 3 + 1 + 2)
@@ -337,7 +354,7 @@ async fn counts_follow_the_filter(w: Handle) {
         author_id: Some("paul".into()),
         ..Default::default()
     };
-    let counts = w.counts(&paul).await.expect("counts");
+    let counts = w.counts(&AsOf::Latest, &paul).await.expect("counts");
     assert_eq!(
         (counts.raw, counts.cleaned, counts.chunks),
         (3, 3, 1 + 2 + 1)
@@ -360,6 +377,208 @@ async fn applied_positions_keep_the_furthest_per_partition(w: Handle) {
     );
 }
 
+fn pos(partition: u32, offset: u64) -> Position {
+    Position { partition, offset }
+}
+
+/// Everything a read `as_of` sees, to compare two reads whole.
+#[derive(Debug, PartialEq)]
+struct View {
+    raw: Vec<(String, String, Position)>,
+    cleaned: Vec<(String, String)>,
+    chunks: Vec<(String, i32, String, Position)>,
+    counts: Counts,
+    breakdown: Vec<Breakdown>,
+}
+
+async fn view(w: &Handle, as_of: &AsOf) -> View {
+    let all = DocumentFilter::all;
+    let raw = scan_raw(w.as_ref(), as_of.clone(), all())
+        .map_ok(|s| (s.value.id, s.value.content_hash, s.position))
+        .try_collect()
+        .await
+        .expect("raw");
+    let cleaned = scan_cleaned(w.as_ref(), as_of.clone(), all())
+        .map_ok(|s| (s.value.id, s.value.title))
+        .try_collect()
+        .await
+        .expect("cleaned");
+    let chunks = scan_chunks(w.as_ref(), as_of.clone(), all())
+        .map_ok(|s| {
+            (
+                s.value.document_id,
+                s.value.position,
+                s.value.text,
+                s.position,
+            )
+        })
+        .try_collect()
+        .await
+        .expect("chunks");
+    View {
+        raw,
+        cleaned,
+        chunks,
+        counts: w.counts(as_of, &all()).await.expect("counts"),
+        breakdown: w.breakdown(as_of).await.expect("breakdown"),
+    }
+}
+
+/// A document, its cleaned form and its chunks, as the stream worker writes them for one event.
+async fn project(w: &Handle, doc: &RawDocument, texts: &[&str], at: Position) {
+    w.put_raw(doc, at).await.expect("raw");
+    w.put_cleaned(&cleaned(doc), at).await.expect("cleaned");
+    w.replace_chunks(&doc.id, &chunks(&doc.id, texts), at)
+        .await
+        .expect("chunks");
+    w.record_applied(&[at]).await.expect("applied");
+}
+
+async fn a_snapshot_reads_what_was_applied_at_its_positions(w: Handle) {
+    project(&w, &raw("doc-a", "Alpha one."), &["a1", "a2"], pos(0, 1)).await;
+    project(&w, &raw("doc-b", "Beta one."), &["b1"], pos(1, 1)).await;
+    project(&w, &raw("doc-c", "Gamma one."), &["c1"], pos(1, 2)).await;
+    let snapshot = Snapshot::new(w.applied().await.expect("applied"), Some("s".into()), 1);
+    assert_eq!(snapshot.positions, [pos(0, 1), pos(1, 2)]);
+    let before = view(&w, &snapshot.as_of()).await;
+    assert_eq!(before, view(&w, &AsOf::Latest).await, "nothing newer yet");
+    assert_eq!(before.counts.chunks, 4);
+    assert_eq!(
+        before.breakdown,
+        [Breakdown {
+            author_id: "paul".into(),
+            kind: "article".into(),
+            platform: "substack".into(),
+            documents: 3,
+            chunks: 4
+        }]
+    );
+
+    // Afterwards: an edit, a tombstone, a new document, a document cleaned again by an event
+    // of another partition, and a redelivery of an old event.
+    let mut edited = raw("doc-a", "Alpha two.");
+    edited.title = "Edited".into();
+    project(&w, &edited, &["a1", "a2 changed", "a3"], pos(0, 5)).await;
+    w.delete_document("doc-b", pos(1, 6)).await.expect("delete");
+    project(&w, &raw("doc-d", "Delta."), &["d1"], pos(1, 7)).await;
+    let mut recleaned = cleaned(&raw("doc-c", "Gamma one."));
+    recleaned.title = "Cleaned again".into();
+    w.put_cleaned(&recleaned, pos(0, 8)).await.expect("reclean");
+    w.replace_chunks("doc-c", &chunks("doc-c", &["c1 again"]), pos(0, 8))
+        .await
+        .expect("reclean chunks");
+    project(&w, &raw("doc-a", "Alpha one."), &["a1", "a2"], pos(0, 1)).await;
+
+    assert_eq!(
+        view(&w, &snapshot.as_of()).await,
+        before,
+        "the snapshot did not move"
+    );
+    let now = view(&w, &AsOf::Latest).await;
+    let ids: Vec<&str> = now.raw.iter().map(|r| r.0.as_str()).collect();
+    assert_eq!(ids, ["doc-a", "doc-c", "doc-d"]);
+    let titles: Vec<&str> = now.cleaned.iter().map(|c| c.1.as_str()).collect();
+    assert_eq!(titles, ["Edited", "Cleaned again", "Title of doc-d"]);
+    let texts: Vec<&str> = now.chunks.iter().map(|c| c.2.as_str()).collect();
+    assert_eq!(texts, ["a1", "a2 changed", "a3", "c1 again", "d1"]);
+    // An unchanged chunk keeps the version (and position) every snapshot saw.
+    assert_eq!(now.chunks[0].3, pos(0, 1));
+
+    // A snapshot of no partition sees nothing; one of partition 1 only sees its documents.
+    assert_eq!(
+        view(&w, &AsOf::Positions(vec![])).await.counts,
+        Counts::default()
+    );
+    let one = view(&w, &AsOf::Positions(vec![pos(1, 1)])).await;
+    assert_eq!(one.raw.len(), 1);
+    assert_eq!(one.raw[0].0, "doc-b");
+}
+
+async fn compaction_keeps_what_kept_snapshots_see(w: Handle) {
+    project(&w, &raw("doc-a", "One."), &["a1", "a2"], pos(0, 1)).await;
+    project(&w, &raw("doc-b", "Bee."), &["b1"], pos(0, 2)).await;
+    project(&w, &raw("doc-a", "Two."), &["a1", "a2 two"], pos(0, 3)).await;
+    w.delete_document("doc-b", pos(0, 4)).await.expect("delete");
+    w.record_applied(&[pos(0, 4)]).await.expect("applied");
+    let kept = AsOf::Positions(vec![pos(0, 4)]);
+    project(&w, &raw("doc-a", "Three."), &["a1", "a2 three"], pos(0, 5)).await;
+    let older = AsOf::Positions(vec![pos(0, 2)]);
+    assert_eq!(view(&w, &older).await.counts.raw, 2);
+
+    let (at_kept, latest) = (view(&w, &kept).await, view(&w, &AsOf::Latest).await);
+    let removed = w.compact(&[pos(0, 4)]).await.expect("compact");
+    // doc-a: raw and cleaned at offset 1; doc-b: raw and cleaned at 2 and their retirements.
+    assert_eq!(removed.documents, 6, "{removed:?}");
+    // doc-a: a2 at 1 and its retirement at 3 (a1 is unchanged and kept); doc-b: b1 and its
+    // retirement.
+    assert_eq!(removed.chunks, 4, "{removed:?}");
+    assert_eq!(view(&w, &kept).await, at_kept);
+    assert_eq!(view(&w, &AsOf::Latest).await, latest);
+    assert_eq!(
+        w.compact(&[pos(0, 4)]).await.expect("again"),
+        Compaction::default(),
+        "nothing left to remove"
+    );
+}
+
+async fn snapshots_and_datasets_are_kept_across_a_rebuild(w: Handle) {
+    let first = Snapshot::new(vec![pos(0, 3)], Some("first".into()), 10);
+    let second = Snapshot::new(vec![pos(0, 9), pos(1, 2)], None, 20);
+    w.put_snapshot(&second).await.expect("put");
+    w.put_snapshot(&first).await.expect("put");
+    assert_eq!(
+        w.snapshots().await.expect("list"),
+        [first.clone(), second.clone()]
+    );
+    assert_eq!(
+        find_snapshot(w.as_ref(), "first").await.expect("find"),
+        Some(first.clone())
+    );
+
+    let dataset = DatasetRecord {
+        id: "d-1".into(),
+        name: Some("small".into()),
+        kind: "instruct".into(),
+        snapshot_id: Some(first.id.clone()),
+        created_at: 30,
+        metadata: r#"{"seed":1}"#.into(),
+    };
+    let sample = |split: &str, index: u32, body: &str| SampleRow {
+        split: split.into(),
+        index,
+        body: body.into(),
+    };
+    w.put_dataset(
+        &dataset,
+        &[
+            sample("train", 0, "a"),
+            sample("train", 1, "b"),
+            sample("test", 0, "c"),
+        ],
+    )
+    .await
+    .expect("dataset");
+    // Built again: the new samples replace the old, never mix with them.
+    w.put_dataset(&dataset, &[sample("train", 0, "x"), sample("test", 0, "y")])
+        .await
+        .expect("again");
+    w.drop_all().await.expect("drop");
+    w.ensure_schema().await.expect("schema");
+    assert_eq!(w.datasets().await.expect("datasets"), [dataset.clone()]);
+    assert_eq!(
+        w.dataset_samples("d-1").await.expect("samples"),
+        [sample("test", 0, "y"), sample("train", 0, "x")]
+    );
+    assert_eq!(w.snapshots().await.expect("list").len(), 2);
+
+    assert!(w.delete_dataset("d-1").await.expect("delete"));
+    assert!(!w.delete_dataset("d-1").await.expect("again"));
+    assert!(w.datasets().await.expect("datasets").is_empty());
+    assert!(w.dataset_samples("d-1").await.expect("samples").is_empty());
+    assert!(w.delete_snapshot(&first.id).await.expect("delete"));
+    assert_eq!(w.snapshots().await.expect("list"), [second]);
+}
+
 twin_testkit::contract_suite! {
     backends: [embedded, clickhouse],
     tests: [
@@ -373,6 +592,9 @@ twin_testkit::contract_suite! {
         retired_rows_are_not_read,
         counts_follow_the_filter,
         applied_positions_keep_the_furthest_per_partition,
+        a_snapshot_reads_what_was_applied_at_its_positions,
+        compaction_keeps_what_kept_snapshots_see,
+        snapshots_and_datasets_are_kept_across_a_rebuild,
     ],
 }
 
