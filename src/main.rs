@@ -5,13 +5,16 @@
 //! goes. Logs go to stderr: text on a terminal, JSON lines otherwise (`--log-format`), filtered
 //! by `RUST_LOG`.
 //!
-//! A module per role's commands: [`ingest`], [`stream`] (with `dlq`), [`log`], [`models`];
-//! [`signals`] holds what long-running roles share (stopping on a signal, serving metrics).
+//! A module per role's commands: [`ingest`], [`stream`] (with `dlq`), [`snapshot`],
+//! [`dataset`], [`log`], [`models`]; [`signals`] holds what long-running roles share (stopping
+//! on a signal, serving metrics).
 
+mod dataset;
 mod ingest;
 mod log;
 mod models;
 mod signals;
+mod snapshot;
 mod stream;
 
 use std::io::IsTerminal;
@@ -83,6 +86,16 @@ enum Command {
         #[command(subcommand)]
         command: DlqCommand,
     },
+    /// Pin what the warehouse holds now, so that training data is read from it reproducibly.
+    Snapshot {
+        #[command(subcommand)]
+        command: SnapshotCommand,
+    },
+    /// Build instruct and preference datasets from a snapshot; export and import them.
+    Dataset {
+        #[command(subcommand)]
+        command: DatasetCommand,
+    },
     /// Fine-tune a model on a dataset snapshot (not built yet).
     Train,
     /// Serve retrieval-augmented generation over HTTP (not built yet).
@@ -121,6 +134,114 @@ pub enum ModelsCommand {
         /// The texts.
         #[arg(required = true)]
         texts: Vec<String>,
+    },
+}
+
+/// `twin snapshot` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum SnapshotCommand {
+    /// Pin the log positions the warehouse has applied; what is read through the snapshot never
+    /// changes afterwards.
+    Create {
+        /// A name to find it by.
+        #[arg(long)]
+        name: Option<String>,
+        /// If the warehouse has not applied the whole raw-documents topic yet, wait for it
+        /// (instead of pinning what it has applied).
+        #[arg(long)]
+        wait: bool,
+        /// Longest wait with `--wait`, in seconds.
+        #[arg(long, default_value_t = 600)]
+        timeout_secs: u64,
+    },
+    /// List the snapshots, oldest first.
+    List,
+    /// A snapshot's positions, and its documents and chunks per author, kind and platform.
+    Show {
+        /// Its id, a unique prefix of it, or its name.
+        id: String,
+    },
+    /// Forget a snapshot (its data stays until `compact`).
+    Delete {
+        /// Its id, a unique prefix of it, or its name.
+        id: String,
+    },
+    /// Remove the warehouse history that no kept snapshot can read (all superseded versions
+    /// when none is kept).
+    Compact,
+}
+
+/// `twin dataset` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum DatasetCommand {
+    /// Build a dataset from a snapshot.
+    Build {
+        /// The snapshot: id, unique id prefix or name.
+        #[arg(long)]
+        snapshot: String,
+        /// `instruct` (instruction, answer) or `preference` (prompt, chosen, rejected).
+        #[arg(long)]
+        kind: String,
+        /// Instruct samples: `backtranslate` (the answer is the author's text; the generator
+        /// writes the instruction) or `extract` (the generator writes pairs in the author's voice).
+        #[arg(long)]
+        method: Option<String>,
+        /// `offline` (no LLM) or the name of a `[datasets.generators.NAME]` endpoint
+        /// [default: datasets.generator].
+        #[arg(long)]
+        generator: Option<String>,
+        /// Stop once this many samples are kept.
+        #[arg(long)]
+        max_samples: Option<usize>,
+        /// Seed of the split and the sample order [default: datasets.seed].
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Share of documents whose samples are held out for test [default: datasets.test_fraction].
+        #[arg(long)]
+        test_fraction: Option<f64>,
+        /// A name to find it by.
+        #[arg(long)]
+        name: Option<String>,
+        /// Build it again even if a dataset with the same id exists (cached answers are reused).
+        #[arg(long)]
+        force: bool,
+    },
+    /// List the datasets.
+    List,
+    /// A dataset's lineage, parameters and statistics, and its first samples.
+    Show {
+        /// Its id, a unique prefix of it, or its name.
+        id: String,
+        /// Print this many samples.
+        #[arg(long, default_value_t = 0)]
+        samples: usize,
+    },
+    /// Write a dataset as JSONL, one file per split (`train.jsonl`, `test.jsonl`).
+    Export {
+        /// Its id, a unique prefix of it, or its name.
+        id: String,
+        /// `alpaca`, `chatml` (OpenAI messages) or `trl` (prompt, chosen, rejected)
+        /// [default: alpaca for instruct data, trl for preference data].
+        #[arg(long)]
+        format: Option<String>,
+        /// The folder to write to.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Import a dataset made elsewhere: Alpaca, ChatML or TRL records, as JSONL or a JSON array.
+    Import {
+        /// Files or folders; `test=FILE` or `train=FILE` sets a file's split (otherwise a name
+        /// with test, valid or eval in it is test, and the rest train).
+        #[arg(required = true)]
+        paths: Vec<String>,
+        /// A name to find it by.
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Forget a dataset.
+    Delete {
+        /// Its id, a unique prefix of it, or its name.
+        id: String,
     },
 }
 
@@ -265,6 +386,8 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             let log = twin_eventlog::open(&config)?;
             ingest::ingest(&config, log, once, source.as_deref()).await
         }
+        Command::Snapshot { command } => snapshot::snapshot(&config, command).await,
+        Command::Dataset { command } => dataset::dataset(&config, command).await,
         Command::Train => not_built("train", "a training issue"),
         Command::Serve => not_built("serve", "a serving issue"),
     }

@@ -40,6 +40,12 @@ impl DataLayout {
         self.root.join("models")
     }
 
+    /// The dataset builder's answers from LLMs, cached by request so that a build resumes
+    /// without asking again.
+    pub fn generator_cache(&self) -> PathBuf {
+        self.root.join("datasets").join("answers.sqlite")
+    }
+
     /// The crawlers' state: what each source emitted.
     pub fn ingest_state(&self) -> PathBuf {
         self.root.join("ingest").join("state.sqlite")

@@ -20,10 +20,11 @@ use figment::Figment;
 
 pub use layout::DataLayout;
 pub use model::{
-    AuthorConfig, ChunkRule, ChunkingConfig, ClickHouseConfig, EmbeddedLogConfig, EmbeddingConfig,
-    GithubConfig, HttpConfig, IngestConfig, KafkaConfig, LogBackend, LogConfig, MetricsConfig,
-    QdrantConfig, SourceConfig, StreamConfig, TemplateConfig, TopicNames, TwinConfig,
-    VectorStoreBackend, VectorStoreConfig, WarehouseBackend, WarehouseConfig,
+    AuthorConfig, ChunkRule, ChunkingConfig, ClickHouseConfig, DatasetsConfig, EmbeddedLogConfig,
+    EmbeddingConfig, GeneratorConfig, GithubConfig, HttpConfig, IngestConfig, KafkaConfig,
+    LogBackend, LogConfig, MetricsConfig, QdrantConfig, SourceConfig, StreamConfig,
+    StructuredOutput, TemplateConfig, TopicNames, TwinConfig, VectorStoreBackend,
+    VectorStoreConfig, WarehouseBackend, WarehouseConfig,
 };
 
 /// The file read when none is named.

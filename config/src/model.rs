@@ -34,6 +34,8 @@ pub struct TwinConfig {
     pub author: AuthorConfig,
     /// Where the author writes, and how the crawlers behave.
     pub ingest: IngestConfig,
+    /// How training datasets are built from snapshots, and the LLMs that help.
+    pub datasets: DatasetsConfig,
 }
 
 impl Default for TwinConfig {
@@ -50,6 +52,7 @@ impl Default for TwinConfig {
             metrics: MetricsConfig::default(),
             author: AuthorConfig::default(),
             ingest: IngestConfig::default(),
+            datasets: DatasetsConfig::default(),
         }
     }
 }
@@ -671,5 +674,136 @@ impl fmt::Debug for GithubConfig {
             .field("skip", &self.skip)
             .field("keep", &self.keep)
             .finish()
+    }
+}
+
+/// How `twin dataset build` turns a snapshot into samples.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatasetsConfig {
+    /// The generator used when `--generator` is not given: `offline` (no LLM) or the name of
+    /// one of `generators`.
+    pub generator: String,
+    /// Neighbouring chunks of a document are joined into one answer up to this many tokens.
+    pub passage_tokens: usize,
+    /// Shortest instruction kept, in characters.
+    pub min_instruction_chars: usize,
+    /// Longest instruction kept, in characters.
+    pub max_instruction_chars: usize,
+    /// Shortest answer kept, in characters.
+    pub min_answer_chars: usize,
+    /// Longest answer kept, in characters.
+    pub max_answer_chars: usize,
+    /// Answers whose estimated Jaccard similarity (MinHash over word 3-grams) to an answer
+    /// already kept reaches this are near-duplicates, and dropped. 1.0 keeps all but exact ones.
+    pub near_duplicate_threshold: f64,
+    /// Share of documents whose samples go to the test split, when `--test-fraction` is not given.
+    pub test_fraction: f64,
+    /// Seed of the split and of the sample order, when `--seed` is not given.
+    pub seed: u64,
+    /// OpenAI-compatible chat endpoints, by name (`[datasets.generators.NAME]`).
+    pub generators: BTreeMap<String, GeneratorConfig>,
+}
+
+impl Default for DatasetsConfig {
+    fn default() -> Self {
+        Self {
+            generator: "offline".into(),
+            passage_tokens: 512,
+            min_instruction_chars: 10,
+            max_instruction_chars: 1_000,
+            min_answer_chars: 200,
+            max_answer_chars: 8_000,
+            near_duplicate_threshold: 0.8,
+            test_fraction: 0.1,
+            seed: 42,
+            generators: BTreeMap::new(),
+        }
+    }
+}
+
+/// How the generator asks for structured JSON answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StructuredOutput {
+    /// `response_format: {type: json_schema}` with the answer's schema (OpenAI, vLLM, Ollama...).
+    JsonSchema,
+    /// `response_format: {type: json_object}`: JSON, shape described in the prompt only.
+    JsonObject,
+    /// No `response_format`: the prompt asks for JSON.
+    Prompt,
+}
+
+/// An OpenAI-compatible chat-completions endpoint that writes instructions and answers.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GeneratorConfig {
+    /// The API's base url, up to and including `/v1`.
+    pub base_url: String,
+    /// The model to ask.
+    pub model: String,
+    /// The environment variable that holds the API key.
+    pub api_key_env: String,
+    /// The API key itself, when not in the environment (a secret: never logged or shown).
+    pub api_key: String,
+    /// Requests in flight at once.
+    pub concurrency: usize,
+    /// Longest wait for one answer, in seconds.
+    pub timeout_secs: u64,
+    /// Tries of a request that was rate limited, failed on the server or timed out.
+    pub max_attempts: u32,
+    /// Wait before the second try, in milliseconds, doubled for each further try (up to 30 s);
+    /// a `Retry-After` header overrides it.
+    pub backoff_ms: u64,
+    /// Sampling temperature.
+    pub temperature: f64,
+    /// Most tokens per answer.
+    pub max_tokens: u32,
+    /// How structured output is asked for.
+    pub structured_output: StructuredOutput,
+}
+
+impl Default for GeneratorConfig {
+    fn default() -> Self {
+        Self {
+            base_url: "https://api.openai.com/v1".into(),
+            model: "gpt-4o-mini".into(),
+            api_key_env: "OPENAI_API_KEY".into(),
+            api_key: String::new(),
+            concurrency: 4,
+            timeout_secs: 60,
+            max_attempts: 6,
+            backoff_ms: 500,
+            temperature: 0.7,
+            max_tokens: 1024,
+            structured_output: StructuredOutput::JsonSchema,
+        }
+    }
+}
+
+// Hand-written so that a `{:?}` never prints the API key.
+impl fmt::Debug for GeneratorConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GeneratorConfig")
+            .field("base_url", &self.base_url)
+            .field("model", &self.model)
+            .field("api_key_env", &self.api_key_env)
+            .field("api_key", &secrets::masked("api_key", &self.api_key))
+            .field("concurrency", &self.concurrency)
+            .field("timeout_secs", &self.timeout_secs)
+            .field("max_attempts", &self.max_attempts)
+            .finish_non_exhaustive()
+    }
+}
+
+impl GeneratorConfig {
+    /// The API key: the configured one, else the environment variable's (empty when neither).
+    pub fn resolve_api_key(&self) -> Option<String> {
+        if !self.api_key.is_empty() {
+            return Some(self.api_key.clone());
+        }
+        std::env::var(&self.api_key_env)
+            .ok()
+            .filter(|k| !k.is_empty())
     }
 }
