@@ -4,6 +4,7 @@
 #   scripts/bench.sh embed    embedding throughput against the Python baseline [-- --corpus FILE]
 #   scripts/bench.sh latency  end-to-end latency, append to searchable, at 5 documents/s [RATE SECONDS]
 #   scripts/bench.sh crawl    crawl throughput, 1,000 local article pages (PAGES, CONCURRENCY)
+#   scripts/bench.sh datasets offline dataset build time, 76 and 760 documents
 # Extra arguments after the name go to the benchmark.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -30,4 +31,7 @@ if [ "$which" = latency ] || [ "$which" = all ]; then
 fi
 if [ "$which" = crawl ] || [ "$which" = all ]; then
   cargo bench --locked -p twin-ingest --bench crawl_throughput -- "$@"
+fi
+if [ "$which" = datasets ] || [ "$which" = all ]; then
+  cargo bench --locked -p twin-datasets --bench offline_build -- "$@"
 fi

@@ -26,8 +26,19 @@ pub async fn snapshot(config: &TwinConfig, command: SnapshotCommand) -> Result<E
                 wait.then(|| Duration::from_secs(timeout_secs)),
             )
             .await?;
-            let snapshot = Snapshot::new(positions, name, twin_datasets::build::now_ms());
-            warehouse.put_snapshot(&snapshot).await?;
+            let mut snapshot = Snapshot::new(positions, name, twin_datasets::build::now_ms());
+            // The same positions make the same snapshot: it keeps its name unless given one.
+            match warehouse
+                .snapshots()
+                .await?
+                .into_iter()
+                .find(|s| s.id == snapshot.id)
+            {
+                Some(existing) if snapshot.name.is_none() || snapshot.name == existing.name => {
+                    snapshot = existing;
+                }
+                _ => warehouse.put_snapshot(&snapshot).await?,
+            }
             let counts = warehouse
                 .counts(&snapshot.as_of(), &twin_warehouse::DocumentFilter::all())
                 .await?;

@@ -446,3 +446,157 @@ fn a_second_process_on_an_embedded_vector_store_is_refused_with_a_clear_error() 
     );
     assert!(out.status.success(), "{}", stderr(&out));
 }
+
+#[test]
+fn snapshots_and_datasets_from_the_command_line() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let docs = twin_testkit::documents::corpus();
+    let log = EmbeddedLog::open(dir.path().join(".twin/log"), 3, false).expect("open");
+    let events: Vec<Event> = docs[..6].iter().cloned().map(Event::Raw).collect();
+    runtime
+        .block_on(publish(&log, "raw-documents", &events))
+        .expect("publish");
+    let ok = |args: &[&str]| {
+        let out = twin(dir.path(), args, &[]);
+        assert!(out.status.success(), "twin {args:?}: {}", stderr(&out));
+        stdout(&out)
+    };
+    ok(&["stream", "--once"]);
+
+    let created = ok(&["snapshot", "create", "--name", "first"]);
+    assert!(created.contains("(first) pinned at partition"), "{created}");
+    let id = created.split_whitespace().nth(1).expect("id").to_string();
+    assert!(ok(&["snapshot", "list"]).contains(&id));
+    let shown = ok(&["snapshot", "show", "first"]);
+    assert!(shown.contains("positions  partition"), "{shown}");
+    assert!(shown.contains("article"), "{shown}");
+
+    // Events the warehouse has not applied: said, and what was applied is pinned.
+    runtime
+        .block_on(publish(
+            &log,
+            "raw-documents",
+            &[Event::Raw(docs[6].clone())],
+        ))
+        .expect("publish");
+    let out = twin(dir.path(), &["snapshot", "create"], &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("has not applied 1 event(s)"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(stdout(&out).contains(&id), "same positions, same snapshot");
+    let out = twin(
+        dir.path(),
+        &["snapshot", "create", "--wait", "--timeout-secs", "1"],
+        &[],
+    );
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("still 1 event(s) behind"),
+        "{}",
+        stderr(&out)
+    );
+
+    let built = ok(&[
+        "dataset",
+        "build",
+        "--snapshot",
+        "first",
+        "--kind",
+        "instruct",
+        "--max-samples",
+        "12",
+        "--name",
+        "small",
+    ]);
+    assert!(built.contains("train and"), "{built}");
+    assert!(built.contains("tokens: 0 prompt + 0 completion"), "{built}");
+    let dataset = built.split_whitespace().nth(1).expect("id").to_string();
+    let again = ok(&[
+        "dataset",
+        "build",
+        "--snapshot",
+        &id,
+        "--kind",
+        "instruct",
+        "--max-samples",
+        "12",
+    ]);
+    assert!(again.contains("already built"), "{again}");
+    assert!(ok(&["dataset", "list"]).contains("small"));
+    let shown = ok(&["dataset", "show", "small", "--samples", "1"]);
+    assert!(shown.contains(&format!("snapshot   {id}")), "{shown}");
+    assert!(shown.contains("\"instruction\""), "{shown}");
+
+    let out_dir = dir.path().join("export");
+    let exported = ok(&[
+        "dataset",
+        "export",
+        &dataset,
+        "--format",
+        "chatml",
+        "--out",
+        out_dir.to_str().expect("path"),
+    ]);
+    assert!(exported.contains("train.jsonl: "), "{exported}");
+    let lines = std::fs::read_to_string(out_dir.join("train.jsonl")).expect("train");
+    let first: serde_json::Value =
+        serde_json::from_str(lines.lines().next().expect("a line")).expect("json");
+    assert_eq!(first["messages"][1]["role"], "assistant");
+    let imported = ok(&[
+        "dataset",
+        "import",
+        out_dir.to_str().expect("path"),
+        "--name",
+        "copy",
+    ]);
+    assert!(imported.contains("imported: "), "{imported}");
+
+    // A malformed file: its line is named, and nothing is imported.
+    let bad = dir.path().join("bad.jsonl");
+    std::fs::write(
+        &bad,
+        "{\"instruction\":\"a\",\"output\":\"b\"}\n{\"prompt\": 3}\n",
+    )
+    .expect("write");
+    let out = twin(
+        dir.path(),
+        &["dataset", "import", bad.to_str().expect("path")],
+        &[],
+    );
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("bad.jsonl:2: not a sample of a known format"),
+        "{}",
+        stderr(&out)
+    );
+    let listed = ok(&["dataset", "list"]);
+    assert_eq!(listed.lines().count(), 2, "{listed}");
+
+    assert!(ok(&["dataset", "delete", "copy"]).contains("deleted"));
+    let unknown = twin(
+        dir.path(),
+        &[
+            "dataset",
+            "build",
+            "--snapshot",
+            "first",
+            "--kind",
+            "instruct",
+            "--generator",
+            "gpt",
+        ],
+        &[],
+    );
+    assert!(
+        stderr(&unknown).contains("configure [datasets.generators.gpt]"),
+        "{}",
+        stderr(&unknown)
+    );
+    assert!(ok(&["snapshot", "delete", "first"]).contains("deleted"));
+    assert!(ok(&["snapshot", "compact"]).contains("removed"));
+    assert!(ok(&["snapshot", "list"]).contains("no snapshots"));
+}

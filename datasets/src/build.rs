@@ -363,7 +363,9 @@ pub async fn build(
         progress.set_message(format!("{} samples", kept.len()));
         // Off a terminal the bar is hidden: a log line every tenth of the way instead.
         let tenth = (all.len() / 10).max(1);
-        if progress.is_hidden() && stats.passages_used / tenth != (stats.passages_used - batch.len()) / tenth {
+        if progress.is_hidden()
+            && stats.passages_used / tenth != (stats.passages_used - batch.len()) / tenth
+        {
             info!(
                 passages = stats.passages_used,
                 of = all.len(),

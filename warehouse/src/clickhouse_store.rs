@@ -170,13 +170,9 @@ impl ClickHouseWarehouse {
         })
     }
 
-    async fn insert<R: clickhouse::Row + serde::Serialize>(
-        &self,
-        table: &str,
-        rows: &[R],
-    ) -> Result<()>
+    async fn insert<R>(&self, table: &str, rows: &[R]) -> Result<()>
     where
-        R: for<'a> clickhouse::RowWrite<Value<'a> = R>,
+        R: clickhouse::Row + serde::Serialize + for<'a> clickhouse::RowWrite<Value<'a> = R>,
     {
         if rows.is_empty() {
             return Ok(());

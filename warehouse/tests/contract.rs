@@ -564,7 +564,7 @@ async fn snapshots_and_datasets_are_kept_across_a_rebuild(w: Handle) {
         .expect("again");
     w.drop_all().await.expect("drop");
     w.ensure_schema().await.expect("schema");
-    assert_eq!(w.datasets().await.expect("datasets"), [dataset.clone()]);
+    assert_eq!(w.datasets().await.expect("datasets"), [dataset]);
     assert_eq!(
         w.dataset_samples("d-1").await.expect("samples"),
         [sample("test", 0, "y"), sample("train", 0, "x")]
