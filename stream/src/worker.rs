@@ -617,14 +617,18 @@ impl Pipeline {
                     self.vectors.delete_document(document_id).await?;
                 }
                 Action::Project(p) => {
-                    // A document cleaned again has not changed its raw text.
                     if p.appended_at.is_some() {
                         self.warehouse.put_raw(&p.raw, p.position).await?;
+                        self.warehouse.put_cleaned(&p.cleaned, p.position).await?;
+                        self.warehouse
+                            .replace_chunks(&p.raw.id, &p.chunks, p.position)
+                            .await?;
+                    } else {
+                        // Cleaned again: its raw text has not changed.
+                        self.warehouse
+                            .put_recleaned(&p.cleaned, &p.chunks, p.position)
+                            .await?;
                     }
-                    self.warehouse.put_cleaned(&p.cleaned, p.position).await?;
-                    self.warehouse
-                        .replace_chunks(&p.raw.id, &p.chunks, p.position)
-                        .await?;
                     self.vectors
                         .replace_document(p.raw.kind, &p.raw.id, embedded)
                         .await?;

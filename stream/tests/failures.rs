@@ -83,6 +83,14 @@ impl Warehouse for FailingFirst {
         self.check()?;
         self.inner.replace_chunks(document_id, chunks, at).await
     }
+    async fn put_recleaned(
+        &self,
+        doc: &CleanedDocument,
+        chunks: &[Chunk],
+        at: Position,
+    ) -> Result<(), WarehouseError> {
+        self.inner.put_recleaned(doc, chunks, at).await
+    }
     async fn delete_document(&self, document_id: &str, at: Position) -> Result<(), WarehouseError> {
         self.inner.delete_document(document_id, at).await
     }

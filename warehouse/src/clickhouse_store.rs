@@ -272,12 +272,7 @@ impl ClickHouseWarehouse {
         )
         .await?
         .iter()
-        .map(|row| {
-            Ok(Stored {
-                value: from_json(table, &row.body)?,
-                position: row.position(),
-            })
-        })
+        .map(|row| row.stored(table))
         .collect()
     }
 
@@ -306,6 +301,43 @@ impl ClickHouseWarehouse {
         conditions.push("document_id = ?", [SqlValue::Text(document_id.to_string())]);
         self.chunk_rows(&AsOf::Latest, conditions, "ORDER BY position")
             .await
+    }
+
+    /// The newest version of a document, deleted or not.
+    async fn newest_document(&self, table: &str, id: &str) -> Result<Option<DocumentRow>> {
+        let rows: Vec<DocumentRow> = self
+            .client
+            .query(&format!(
+                "SELECT ?fields FROM {table} WHERE id = ? ORDER BY version DESC LIMIT 1"
+            ))
+            .bind(id)
+            .fetch_all()
+            .await
+            .map_err(ch_err(table))?;
+        Ok(rows.into_iter().next())
+    }
+
+    /// Make `chunks` the document's live chunks: retire the live ones not among them, add
+    /// versions of the ones that changed. An unchanged chunk keeps its version: every snapshot
+    /// that saw it still does.
+    async fn write_chunks(&self, document_id: &str, chunks: &[Chunk], at: Position) -> Result<()> {
+        let live = self.live_chunks(document_id).await?;
+        let mut rows = Vec::new();
+        for old in &live {
+            if !chunks.iter().any(|c| c.id == old.id) {
+                rows.push(old.clone().retired(at));
+            }
+        }
+        for chunk in chunks {
+            let row = ChunkRow::new(chunk, at)?;
+            if !live
+                .iter()
+                .any(|old| old.id == row.id && old.body == row.body)
+            {
+                rows.push(row);
+            }
+        }
+        self.insert("chunks", &rows).await
     }
 
     /// Whether a table of this database has a column.
@@ -497,24 +529,22 @@ impl Warehouse for ClickHouseWarehouse {
         {
             return Ok(());
         }
-        let live = self.live_chunks(document_id).await?;
-        let mut rows = Vec::new();
-        for old in &live {
-            if !chunks.iter().any(|c| c.id == old.id) {
-                rows.push(old.clone().retired(at));
-            }
+        self.write_chunks(document_id, chunks, at).await
+    }
+
+    async fn put_recleaned(
+        &self,
+        doc: &CleanedDocument,
+        chunks: &[Chunk],
+        at: Position,
+    ) -> Result<()> {
+        // A version of the same cause is superseded by its larger version number.
+        let row = DocumentRow::cleaned(doc, at)?;
+        let newest = self.newest_document("cleaned_documents", &doc.id).await?;
+        if !newest.is_some_and(|n| n.deleted == 0 && n.body == row.body) {
+            self.insert("cleaned_documents", &[row]).await?;
         }
-        for chunk in chunks {
-            let row = ChunkRow::new(chunk, at)?;
-            // An unchanged chunk keeps its version: every snapshot that saw it still does.
-            if !live
-                .iter()
-                .any(|old| old.id == row.id && old.body == row.body)
-            {
-                rows.push(row);
-            }
-        }
-        self.insert("chunks", &rows).await
+        self.write_chunks(&doc.id, chunks, at).await
     }
 
     async fn delete_document(&self, document_id: &str, at: Position) -> Result<()> {
@@ -522,16 +552,7 @@ impl Warehouse for ClickHouseWarehouse {
             if self.already_applied(table, "id", document_id, at).await? {
                 continue;
             }
-            let newest: Vec<DocumentRow> = self
-                .client
-                .query(&format!(
-                    "SELECT ?fields FROM {table} WHERE id = ? ORDER BY version DESC LIMIT 1"
-                ))
-                .bind(document_id)
-                .fetch_all()
-                .await
-                .map_err(ch_err(table))?;
-            if let Some(newest) = newest.into_iter().next() {
+            if let Some(newest) = self.newest_document(table, document_id).await? {
                 if newest.deleted == 0 {
                     self.insert(table, &[newest.retired(at)]).await?;
                 }

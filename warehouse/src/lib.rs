@@ -213,6 +213,18 @@ pub trait Warehouse: Send + Sync {
     async fn replace_chunks(&self, document_id: &str, chunks: &[Chunk], at: Position)
         -> Result<()>;
 
+    /// Add versions of a document cleaned again (its source's template changed) and of its
+    /// chunks, caused by the event at `at` (the one that changed the template). Unlike an
+    /// event's own writes these are not skipped when that event was applied before: cleaning
+    /// again is derived from everything seen so far, so the newest cleaning wins (after a crash,
+    /// the redelivered batch cleans again, with what it has seen). Unchanged rows stay as they are.
+    async fn put_recleaned(
+        &self,
+        doc: &CleanedDocument,
+        chunks: &[Chunk],
+        at: Position,
+    ) -> Result<()>;
+
     /// Retire a document: its raw and cleaned rows and all its chunks.
     async fn delete_document(&self, document_id: &str, at: Position) -> Result<()>;
 
@@ -482,6 +494,14 @@ impl DocumentRow {
             deleted: 1,
             ..self
         }
+    }
+
+    /// The document it holds, read from `table`, with its position.
+    fn stored<T: for<'de> Deserialize<'de>>(&self, table: &'static str) -> Result<Stored<T>> {
+        Ok(Stored {
+            value: from_json(table, &self.body)?,
+            position: self.position(),
+        })
     }
 }
 

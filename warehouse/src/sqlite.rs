@@ -113,10 +113,34 @@ fn chunk_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ChunkRow> {
     })
 }
 
-fn insert_document(c: &Connection, table: &str, row: &DocumentRow) -> rusqlite::Result<()> {
+/// What an insert does with a version of the same row and cause already there.
+#[derive(Clone, Copy)]
+enum OnConflict {
+    /// Keep it (a redelivered event).
+    Keep,
+    /// Replace it (a document cleaned again: the newest cleaning wins).
+    Replace,
+}
+
+impl OnConflict {
+    fn sql(self) -> &'static str {
+        match self {
+            OnConflict::Keep => "INSERT OR IGNORE",
+            OnConflict::Replace => "INSERT OR REPLACE",
+        }
+    }
+}
+
+fn insert_document(
+    c: &Connection,
+    table: &str,
+    row: &DocumentRow,
+    conflict: OnConflict,
+) -> rusqlite::Result<()> {
+    let insert = conflict.sql();
     c.execute(
         &format!(
-            "INSERT OR IGNORE INTO {table} ({DOCUMENT_COLUMNS})
+            "{insert} INTO {table} ({DOCUMENT_COLUMNS})
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"
         ),
         params![
@@ -137,10 +161,11 @@ fn insert_document(c: &Connection, table: &str, row: &DocumentRow) -> rusqlite::
     .map(|_| ())
 }
 
-fn insert_chunk(c: &Connection, row: &ChunkRow) -> rusqlite::Result<()> {
+fn insert_chunk(c: &Connection, row: &ChunkRow, conflict: OnConflict) -> rusqlite::Result<()> {
+    let insert = conflict.sql();
     c.execute(
         &format!(
-            "INSERT OR IGNORE INTO chunks ({CHUNK_COLUMNS})
+            "{insert} INTO chunks ({CHUNK_COLUMNS})
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)"
         ),
         params![
@@ -191,6 +216,33 @@ fn newest_document(c: &Connection, table: &str, id: &str) -> rusqlite::Result<Op
         document_row,
     )
     .optional()
+}
+
+/// Make `rows` the document's live chunks: retire the live ones not among them, add versions of
+/// the ones that changed. An unchanged chunk keeps its version: every snapshot that saw it still
+/// does.
+fn write_chunks(
+    c: &Connection,
+    document_id: &str,
+    rows: &[ChunkRow],
+    at: Position,
+    conflict: OnConflict,
+) -> rusqlite::Result<()> {
+    let live = live_chunks(c, document_id)?;
+    for old in &live {
+        if !rows.iter().any(|r| r.id == old.id) {
+            insert_chunk(c, &old.clone().retired(at), conflict)?;
+        }
+    }
+    for row in rows {
+        if !live
+            .iter()
+            .any(|old| old.id == row.id && old.body == row.body)
+        {
+            insert_chunk(c, row, conflict)?;
+        }
+    }
+    Ok(())
 }
 
 /// The newest live version of each of a document's chunks.
@@ -270,7 +322,7 @@ impl SqliteWarehouse {
         self.with(move |c| {
             let tx = c.transaction()?;
             if !already_applied(&tx, table, "id", &row.id, row.position())? {
-                insert_document(&tx, table, &row)?;
+                insert_document(&tx, table, &row, OnConflict::Keep)?;
             }
             tx.commit()
         })
@@ -328,12 +380,7 @@ impl SqliteWarehouse {
         )
         .await?
         .iter()
-        .map(|row| {
-            Ok(Stored {
-                value: from_json(table, &row.body)?,
-                position: row.position(),
-            })
-        })
+        .map(|row| row.stored(table))
         .collect()
     }
 
@@ -386,9 +433,13 @@ impl Warehouse for SqliteWarehouse {
                 })
             }
         }
+        // One transaction (the version is part of it): a process killed half-way leaves either
+        // no tables or all of them with their version, never tables that look older.
         self.with(|c| {
-            c.execute_batch(SCHEMA)?;
-            c.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION}"))
+            let tx = c.transaction()?;
+            tx.execute_batch(SCHEMA)?;
+            tx.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION}"))?;
+            tx.commit()
         })
         .await
     }
@@ -419,21 +470,30 @@ impl Warehouse for SqliteWarehouse {
             if already_applied(&tx, "chunks", "document_id", &document_id, at)? {
                 return tx.commit();
             }
-            let live = live_chunks(&tx, &document_id)?;
-            for old in &live {
-                if !rows.iter().any(|r| r.id == old.id) {
-                    insert_chunk(&tx, &old.clone().retired(at))?;
-                }
+            write_chunks(&tx, &document_id, &rows, at, OnConflict::Keep)?;
+            tx.commit()
+        })
+        .await
+    }
+
+    async fn put_recleaned(
+        &self,
+        doc: &CleanedDocument,
+        chunks: &[Chunk],
+        at: Position,
+    ) -> Result<()> {
+        let row = DocumentRow::cleaned(doc, at)?;
+        let rows: Vec<ChunkRow> = chunks
+            .iter()
+            .map(|c| ChunkRow::new(c, at))
+            .collect::<Result<_>>()?;
+        self.with(move |c| {
+            let tx = c.transaction()?;
+            let newest = newest_document(&tx, "cleaned_documents", &row.id)?;
+            if !newest.is_some_and(|n| n.deleted == 0 && n.body == row.body) {
+                insert_document(&tx, "cleaned_documents", &row, OnConflict::Replace)?;
             }
-            for row in &rows {
-                // An unchanged chunk keeps its version: every snapshot that saw it still does.
-                if !live
-                    .iter()
-                    .any(|old| old.id == row.id && old.body == row.body)
-                {
-                    insert_chunk(&tx, row)?;
-                }
-            }
+            write_chunks(&tx, &row.id, &rows, at, OnConflict::Replace)?;
             tx.commit()
         })
         .await
@@ -449,13 +509,13 @@ impl Warehouse for SqliteWarehouse {
                 }
                 if let Some(newest) = newest_document(&tx, table, &id)? {
                     if newest.deleted == 0 {
-                        insert_document(&tx, table, &newest.retired(at))?;
+                        insert_document(&tx, table, &newest.retired(at), OnConflict::Keep)?;
                     }
                 }
             }
             if !already_applied(&tx, "chunks", "document_id", &id, at)? {
                 for old in live_chunks(&tx, &id)? {
-                    insert_chunk(&tx, &old.retired(at))?;
+                    insert_chunk(&tx, &old.retired(at), OnConflict::Keep)?;
                 }
             }
             tx.commit()
@@ -642,10 +702,12 @@ impl Warehouse for SqliteWarehouse {
 
     async fn drop_all(&self) -> Result<()> {
         self.with(|c| {
+            let tx = c.transaction()?;
             for table in PROJECTION {
-                c.execute_batch(&format!("DROP TABLE IF EXISTS {table};"))?;
+                tx.execute_batch(&format!("DROP TABLE IF EXISTS {table};"))?;
             }
-            c.execute_batch("PRAGMA user_version = 0")
+            tx.execute_batch("PRAGMA user_version = 0")?;
+            tx.commit()
         })
         .await
     }

@@ -494,6 +494,50 @@ async fn a_snapshot_reads_what_was_applied_at_its_positions(w: Handle) {
     assert_eq!(one.raw[0].0, "doc-b");
 }
 
+async fn the_newest_cleaning_again_wins_and_earlier_snapshots_keep_theirs(w: Handle) {
+    project(&w, &raw("doc-a", "One."), &["a1", "a2"], pos(0, 1)).await;
+    let pinned = AsOf::Positions(vec![pos(0, 1), pos(1, 2)]);
+    let before = view(&w, &pinned).await;
+    let again = |title: &str| CleanedDocument {
+        title: title.into(),
+        ..cleaned(&raw("doc-a", "One."))
+    };
+    let titles = |v: &View| v.cleaned.iter().map(|c| c.1.clone()).collect::<Vec<_>>();
+    let texts = |v: &View| v.chunks.iter().map(|c| c.2.clone()).collect::<Vec<_>>();
+    w.put_recleaned(
+        &again("First"),
+        &chunks("doc-a", &["a1", "a2 first"]),
+        pos(1, 5),
+    )
+    .await
+    .expect("reclean");
+    // A batch redelivered after a crash cleans again with what it has seen since, its cause
+    // possibly earlier: the newest cleaning wins all the same.
+    w.put_recleaned(
+        &again("Second"),
+        &chunks("doc-a", &["a1", "a2 second"]),
+        pos(1, 3),
+    )
+    .await
+    .expect("reclean");
+    let now = view(&w, &AsOf::Latest).await;
+    assert_eq!(titles(&now), ["Second"]);
+    assert_eq!(texts(&now), ["a1", "a2 second"]);
+    w.put_recleaned(
+        &again("Third"),
+        &chunks("doc-a", &["a1", "a2 first"]),
+        pos(1, 5),
+    )
+    .await
+    .expect("same cause");
+    let now = view(&w, &AsOf::Latest).await;
+    assert_eq!(titles(&now), ["Third"]);
+    assert_eq!(texts(&now), ["a1", "a2 first"]);
+    // The raw document did not change; what was pinned before the cleaning did not move.
+    assert_eq!(now.raw, before.raw);
+    assert_eq!(view(&w, &pinned).await, before);
+}
+
 async fn compaction_keeps_what_kept_snapshots_see(w: Handle) {
     project(&w, &raw("doc-a", "One."), &["a1", "a2"], pos(0, 1)).await;
     project(&w, &raw("doc-b", "Bee."), &["b1"], pos(0, 2)).await;
@@ -595,6 +639,7 @@ twin_testkit::contract_suite! {
         a_snapshot_reads_what_was_applied_at_its_positions,
         compaction_keeps_what_kept_snapshots_see,
         snapshots_and_datasets_are_kept_across_a_rebuild,
+        the_newest_cleaning_again_wins_and_earlier_snapshots_keep_theirs,
     ],
 }
 
