@@ -69,6 +69,22 @@ pub async fn dataset(config: &TwinConfig, command: DatasetCommand) -> Result<Exi
             )
             .await?;
             built.record.name = name;
+            if built.samples.is_empty() {
+                let s = &built.stats;
+                bail!(
+                    "no sample to keep from snapshot {} ({} documents, {} passages; dropped: {} \
+                     too short, {} too long, {} duplicates, {} near-duplicates, {} without a \
+                     usable answer): nothing stored",
+                    snapshot.id,
+                    s.documents,
+                    s.passages,
+                    s.too_short,
+                    s.too_long,
+                    s.duplicates,
+                    s.near_duplicates,
+                    s.generator_dropped
+                );
+            }
             warehouse.put_dataset(&built.record, &built.rows()?).await?;
             let s = &built.stats;
             let count = |m: &std::collections::BTreeMap<String, usize>, k: &str| {

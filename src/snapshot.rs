@@ -182,7 +182,7 @@ fn label(name: &Option<String>) -> String {
 /// `partition 0 @ 41, partition 1 @ 17`, or `nothing applied`.
 pub fn describe(positions: &[Position]) -> String {
     if positions.is_empty() {
-        return "nothing applied".into();
+        return "the start (nothing applied yet)".into();
     }
     positions
         .iter()

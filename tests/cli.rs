@@ -599,4 +599,32 @@ fn snapshots_and_datasets_from_the_command_line() {
     assert!(ok(&["snapshot", "delete", "first"]).contains("deleted"));
     assert!(ok(&["snapshot", "compact"]).contains("removed"));
     assert!(ok(&["snapshot", "list"]).contains("no snapshots"));
+
+    // A snapshot of nothing builds no dataset, and says why.
+    let empty = tempfile::tempdir().expect("tempdir");
+    let out = twin(empty.path(), &["snapshot", "create", "--name", "none"], &[]);
+    assert!(
+        stdout(&out).contains("pinned at the start (nothing applied yet): 0 documents"),
+        "{}",
+        stdout(&out)
+    );
+    let out = twin(
+        empty.path(),
+        &[
+            "dataset",
+            "build",
+            "--snapshot",
+            "none",
+            "--kind",
+            "preference",
+        ],
+        &[],
+    );
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("no sample to keep from snapshot")
+            && stderr(&out).contains("nothing stored"),
+        "{}",
+        stderr(&out)
+    );
 }

@@ -284,10 +284,11 @@ pub async fn build(
     all.sort_by_cached_key(|p| seeded_rank(params.seed, &p.id));
     info!(
         snapshot = %snapshot.id,
+        kind = %params.kind,
         documents = stats.documents,
         passages = stats.passages,
         generator = %generator.name(),
-        "building a {} dataset", params.kind
+        "building a dataset"
     );
 
     progress.set_length(all.len() as u64);
