@@ -138,6 +138,10 @@ pub struct Pipeline {
     pub template_rules: TemplateConfig,
     /// Block counts of every document seen, for template detection (loaded when a run starts).
     templates: Mutex<Templates>,
+    /// Documents whose stored cleaning does not follow the templates loaded at the start (a
+    /// run killed between a batch's documents and the cleaning again they caused): cleaned
+    /// again with the next batch.
+    stale: Mutex<BTreeSet<String>>,
 }
 
 /// What a batch does to the sinks, in log order.
@@ -215,6 +219,7 @@ impl Pipeline {
             retry: RetryPolicy::of(config),
             template_rules: config.templates.clone(),
             templates: Mutex::new(Templates::new(config.templates.clone())),
+            stale: Mutex::new(BTreeSet::new()),
         }
     }
 
@@ -332,6 +337,41 @@ impl Pipeline {
             while let Some(stored) = documents.try_next().await? {
                 templates.observe(&stored.value.id.clone(), Some(&stored.value));
             }
+            drop(documents);
+            // A run killed after some documents of a batch were written, but before the
+            // documents their templates changed were cleaned again, left those stale: the
+            // counts above include the new documents, so their redelivery changes nothing.
+            let cleaned: BTreeMap<String, String> = twin_warehouse::scan_cleaned(
+                self.warehouse.as_ref(),
+                twin_warehouse::AsOf::Latest,
+                DocumentFilter::all(),
+            )
+            .map_ok(|c| (c.value.id, c.value.content_hash))
+            .try_collect()
+            .await?;
+            let mut stale = BTreeSet::new();
+            let mut documents = twin_warehouse::scan_raw(
+                self.warehouse.as_ref(),
+                twin_warehouse::AsOf::Latest,
+                DocumentFilter::all(),
+            );
+            while let Some(stored) = documents.try_next().await? {
+                let raw = stored.value;
+                let Some(hash) = cleaned.get(&raw.id) else {
+                    continue;
+                };
+                let now = clean_without(&raw, 0, &templates.template_blocks(&raw));
+                if now.content_hash != *hash {
+                    stale.insert(raw.id);
+                }
+            }
+            if !stale.is_empty() {
+                info!(
+                    documents = stale.len(),
+                    "cleaning documents again whose templates changed before the last run stopped"
+                );
+            }
+            *self.stale.lock().await = stale;
         }
         *self.templates.lock().await = templates;
         Ok(())
@@ -482,6 +522,12 @@ impl Pipeline {
             };
             for id in changed {
                 affected.entry(id).or_insert(delivery.position);
+            }
+        }
+        // Documents left stale by a run that stopped are cleaned again with this batch.
+        if let Some(first) = events.first() {
+            for id in std::mem::take(&mut *self.stale.lock().await) {
+                affected.entry(id).or_insert(first.position);
             }
         }
         let again: BTreeMap<String, Position> = affected
