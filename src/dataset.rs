@@ -209,38 +209,14 @@ pub async fn dataset(config: &TwinConfig, command: DatasetCommand) -> Result<Exi
                 .map(|p| parse_input(p))
                 .collect::<Result<Vec<_>>>()?;
             let imported = formats::import(&inputs)?;
-            let rows = build::rows(&imported.samples)?;
-            let id = format!(
-                "d-{}",
-                &twin_warehouse::catalog::hex(&sha(imported.kind, &rows))[..12]
-            );
-            let mut samples = std::collections::BTreeMap::new();
-            for (split, _) in &imported.samples {
-                *samples.entry(split.name().to_string()).or_insert(0usize) += 1;
-            }
-            let metadata = Metadata {
-                lineage: twin_datasets::build::Lineage {
-                    imported: imported.files.clone(),
-                    ..Default::default()
-                },
-                params: None,
-                stats: None,
-                samples: samples.clone(),
-                elapsed_ms: 0,
-            };
-            let record = DatasetRecord {
-                id: id.clone(),
-                name,
-                kind: imported.kind.to_string(),
-                snapshot_id: None,
-                created_at: build::now_ms(),
-                metadata: serde_json::to_string(&metadata)?,
-            };
+            let (record, rows) = build::imported(&imported, name)?;
             warehouse.put_dataset(&record, &rows).await?;
             println!(
-                "dataset {id} ({}) imported: {}",
+                "dataset {} ({}) imported: {}",
+                record.id,
                 imported.kind,
-                samples
+                metadata(&record)?
+                    .samples
                     .iter()
                     .map(|(k, v)| format!("{v} {k}"))
                     .collect::<Vec<_>>()
@@ -267,19 +243,6 @@ fn parse_input(arg: &str) -> Result<(Option<Split>, PathBuf)> {
         }
     }
     Ok((None, PathBuf::from(arg)))
-}
-
-fn sha(kind: DatasetKind, rows: &[twin_warehouse::SampleRow]) -> Vec<u8> {
-    use sha2::{Digest, Sha256};
-    let mut hash = Sha256::new();
-    hash.update(kind.to_string());
-    for row in rows {
-        hash.update([0]);
-        hash.update(&row.split);
-        hash.update([0]);
-        hash.update(&row.body);
-    }
-    hash.finalize().to_vec()
 }
 
 fn metadata(d: &DatasetRecord) -> Result<Metadata> {

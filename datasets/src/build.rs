@@ -479,6 +479,46 @@ async fn candidates(
     }
 }
 
+/// The record and rows of a dataset read from files: its id derived from its kind and samples,
+/// its lineage the files it came from.
+pub fn imported(
+    imported: &crate::formats::Imported,
+    name: Option<String>,
+) -> Result<(DatasetRecord, Vec<SampleRow>)> {
+    let rows = rows(&imported.samples)?;
+    let kind = imported.kind.to_string();
+    let id = crate::digest(
+        std::iter::once(kind.as_bytes()).chain(
+            rows.iter()
+                .flat_map(|r| [r.split.as_bytes(), r.body.as_bytes()]),
+        ),
+    );
+    let mut samples = BTreeMap::new();
+    for (split, _) in &imported.samples {
+        *samples.entry(split.name().to_string()).or_insert(0usize) += 1;
+    }
+    let metadata = Metadata {
+        lineage: Lineage {
+            imported: imported.files.clone(),
+            ..Default::default()
+        },
+        params: None,
+        stats: None,
+        samples,
+        elapsed_ms: 0,
+    };
+    let record = DatasetRecord {
+        id: format!("d-{}", &id[..12]),
+        name,
+        kind,
+        snapshot_id: None,
+        created_at: now_ms(),
+        metadata: serde_json::to_string(&metadata)
+            .map_err(|e| DatasetError::Invalid(format!("metadata: {e}")))?,
+    };
+    Ok((record, rows))
+}
+
 /// Milliseconds since the epoch.
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
