@@ -5,6 +5,7 @@
 #   scripts/bench.sh latency  end-to-end latency, append to searchable, at 5 documents/s [RATE SECONDS]
 #   scripts/bench.sh crawl    crawl throughput, 1,000 local article pages (PAGES, CONCURRENCY)
 #   scripts/bench.sh datasets offline dataset build time, 76 and 760 documents
+#   scripts/bench.sh train    training tokens/s against transformers, full and LoRA [-- --steps N]
 # Extra arguments after the name go to the benchmark.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -34,4 +35,7 @@ if [ "$which" = crawl ] || [ "$which" = all ]; then
 fi
 if [ "$which" = datasets ] || [ "$which" = all ]; then
   cargo bench --locked -p twin-datasets --bench offline_build -- "$@"
+fi
+if [ "$which" = train ] || [ "$which" = all ]; then
+  cargo bench --locked -p twin-training --bench train_throughput -- "$@"
 fi

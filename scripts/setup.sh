@@ -16,15 +16,23 @@ say() { printf '[setup] %s\n' "$*" >&2; }
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
 # System packages: a C toolchain, make and OpenSSL/zlib headers build the bundled librdkafka.
-missing=()
-for pkg in build-essential pkg-config libssl-dev zlib1g-dev python3 python3-pip; do
-  dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
-done
-if [ "${#missing[@]}" -gt 0 ]; then
-  say "installing ${missing[*]}"
-  as_root apt-get update -qq
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
-fi
+# libtorch (Debian's 1.13.1, what tch 0.10 binds) trains the models; without OpenBLAS it falls
+# back to the reference BLAS and runs about fifty times slower. A TrueType font labels the
+# loss charts of `twin runs compare`.
+# Install the Debian packages among "$@" that are not installed yet.
+apt_install() {
+  local missing=() pkg
+  for pkg in "$@"; do
+    dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+  done
+  if [ "${#missing[@]}" -gt 0 ]; then
+    say "installing ${missing[*]}"
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  fi
+}
+apt_install build-essential pkg-config libssl-dev zlib1g-dev python3 python3-pip \
+  libtorch-dev libopenblas0-pthread fonts-dejavu-core
 
 command -v cargo >/dev/null || { say "cargo not found: install Rust (https://rustup.rs) first"; exit 1; }
 
@@ -85,6 +93,25 @@ if [ ! -x /usr/sbin/clickhouse-server ]; then
   say "installing clickhouse-server"
   as_root apt-get update -qq
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq clickhouse-server clickhouse-client >/dev/null
+fi
+
+# The Python reference environment of the training interop tests and benchmark: Debian's
+# python3-torch (the same libtorch as ours) with transformers and PEFT from PyPI. PEFT and
+# accelerate go in without their dependencies: theirs would pull a 5 GB torch 2.x from PyPI
+# beside Debian's.
+TORCH_VENV="$CACHE/torch-venv"
+TORCH_VENV_STAMP="$TORCH_VENV/.twin-transformers-4.37.2-peft-0.8.2"
+if [ ! -f "$TORCH_VENV_STAMP" ]; then
+  apt_install python3-torch python3-venv
+  say "making the Python reference environment (transformers 4.37.2, peft 0.8.2)"
+  rm -rf "$TORCH_VENV"
+  /usr/bin/python3 -m venv --system-site-packages "$TORCH_VENV"
+  "$TORCH_VENV/bin/pip" install --quiet --disable-pip-version-check \
+    "transformers==4.37.2" "numpy<2" safetensors psutil pyyaml
+  "$TORCH_VENV/bin/pip" install --quiet --disable-pip-version-check --no-deps \
+    "peft==0.8.2" "accelerate==0.26.1"
+  "$TORCH_VENV/bin/python" -c "import torch, transformers, peft" 2>/dev/null
+  touch "$TORCH_VENV_STAMP"
 fi
 
 # fastavro: the "standard Avro tooling" of the wire-format interoperability test.

@@ -6,7 +6,7 @@
 //! by `RUST_LOG`.
 //!
 //! A module per role's commands: [`ingest`], [`stream`] (with `dlq`), [`snapshot`],
-//! [`dataset`], [`log`], [`models`]; [`signals`] holds what long-running roles share (stopping
+//! [`dataset`], [`train`] (with `runs`), [`log`], [`models`]; [`signals`] holds what long-running roles share (stopping
 //! on a signal, serving metrics).
 
 mod dataset;
@@ -16,6 +16,7 @@ mod models;
 mod signals;
 mod snapshot;
 mod stream;
+mod train;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -96,8 +97,14 @@ enum Command {
         #[command(subcommand)]
         command: DatasetCommand,
     },
-    /// Fine-tune a model on a dataset snapshot (not built yet).
-    Train,
+    /// Fine-tune a model (Llama, Mistral, Qwen2, GPT-2) on a dataset, LoRA or full; or resume a
+    /// run. Options not given come from `[training]`.
+    Train(Box<TrainArgs>),
+    /// Training runs: list, show, compare (a table and loss curves) and delete them.
+    Runs {
+        #[command(subcommand)]
+        command: RunsCommand,
+    },
     /// Serve retrieval-augmented generation over HTTP (not built yet).
     Serve,
     /// Inspect the configuration.
@@ -110,7 +117,8 @@ enum Command {
         #[command(subcommand)]
         command: LogCommand,
     },
-    /// Manage the embedding model: pull it, export it to ONNX, embed texts with it.
+    /// Models: the embedding model (pull, export, embed), the registry of trained models (list,
+    /// show, merge) and checkpoints (forward).
     Models {
         #[command(subcommand)]
         command: ModelsCommand,
@@ -134,6 +142,166 @@ pub enum ModelsCommand {
         /// The texts.
         #[arg(required = true)]
         texts: Vec<String>,
+    },
+    /// Run a checkpoint (folder or registry name) on token ids and print the logits of the last
+    /// position (every position with `--all`).
+    Forward {
+        /// A Hugging Face checkpoint folder, or `name[@vN]` of the registry.
+        model: String,
+        /// Token ids, comma-separated.
+        #[arg(long, value_delimiter = ',', required = true)]
+        ids: Vec<i64>,
+        /// Every position, not only the last.
+        #[arg(long)]
+        all: bool,
+        /// `text` (one line of logits per position) or `json`.
+        #[arg(long, default_value = "text")]
+        format: String,
+    },
+    /// The trained models of the registry, newest version of each name last.
+    List,
+    /// One registered model: its lineage, config and files.
+    Show {
+        /// `name` (its newest version) or `name@vN`.
+        model: String,
+    },
+    /// Fold a LoRA adapter into its base model and write a full checkpoint.
+    Merge {
+        /// The adapter: a folder or `name[@vN]` of the registry.
+        adapter: String,
+        /// The base model folder [default: the one the adapter records].
+        #[arg(long, value_name = "DIR")]
+        base: Option<PathBuf>,
+        /// Where to write the merged model.
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// Also register the merged model under this name.
+        #[arg(long, value_name = "NAME")]
+        register: Option<String>,
+    },
+}
+
+/// `twin train` options (each also a `[training]` setting).
+#[derive(Debug, clap::Args)]
+pub struct TrainArgs {
+    /// A dataset id, name or id prefix (twin dataset list), or a JSONL file of samples.
+    #[arg(long, value_name = "ID-OR-FILE")]
+    pub dataset: Option<String>,
+    /// The model to start from: a Hugging Face checkpoint folder or `name[@vN]` of the registry.
+    #[arg(long, value_name = "DIR-OR-NAME")]
+    pub model: Option<String>,
+    /// Start from scratch with this `config.json`, and a byte-level BPE tokenizer trained on
+    /// the dataset's snapshot.
+    #[arg(long, value_name = "CONFIG.json")]
+    pub init: Option<PathBuf>,
+    /// Continue a run from its newest checkpoint (every other option comes from the run).
+    #[arg(long, value_name = "RUN")]
+    pub resume: Option<String>,
+    /// `lora` or `full`.
+    #[arg(long)]
+    pub method: Option<String>,
+    /// Passes over the training split.
+    #[arg(long)]
+    pub epochs: Option<u32>,
+    /// Stop after this many optimizer steps.
+    #[arg(long)]
+    pub max_steps: Option<u64>,
+    /// Rows per micro-batch.
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    /// Micro-batches per optimizer step.
+    #[arg(long = "grad-accum")]
+    pub gradient_accumulation: Option<usize>,
+    /// Longest row, in tokens.
+    #[arg(long)]
+    pub max_seq_len: Option<usize>,
+    /// Peak learning rate.
+    #[arg(long = "lr")]
+    pub learning_rate: Option<f64>,
+    /// AdamW weight decay.
+    #[arg(long)]
+    pub weight_decay: Option<f64>,
+    /// Warm-up steps.
+    #[arg(long)]
+    pub warmup_steps: Option<u64>,
+    /// `cosine`, `linear` or `constant`.
+    #[arg(long)]
+    pub schedule: Option<String>,
+    /// Clip gradients to this global norm (0: off).
+    #[arg(long)]
+    pub max_grad_norm: Option<f64>,
+    /// One sample per row.
+    #[arg(long)]
+    pub no_packing: bool,
+    /// Loss on every token, not only the answer's.
+    #[arg(long)]
+    pub all_tokens: bool,
+    /// Evaluate every N steps.
+    #[arg(long)]
+    pub eval_every: Option<u64>,
+    /// Checkpoint every N steps.
+    #[arg(long)]
+    pub checkpoint_every: Option<u64>,
+    /// Seed of initialisation, data order and dropout.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// LoRA rank.
+    #[arg(long)]
+    pub lora_rank: Option<i64>,
+    /// LoRA alpha.
+    #[arg(long)]
+    pub lora_alpha: Option<f64>,
+    /// LoRA dropout.
+    #[arg(long)]
+    pub lora_dropout: Option<f64>,
+    /// LoRA target modules, comma-separated (`q_proj,v_proj`).
+    #[arg(long)]
+    pub lora_targets: Option<String>,
+    /// `auto`, `cpu` or `cuda`.
+    #[arg(long)]
+    pub device: Option<String>,
+    /// `auto`, `f32` or `bf16`.
+    #[arg(long)]
+    pub precision: Option<String>,
+    /// A built-in chat template (`alpaca`, `chatml`, `llama3`) instead of the checkpoint's.
+    #[arg(long)]
+    pub template: Option<String>,
+    /// A name for the run.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// The registry name of the trained model [default: the run's name, else `twin`].
+    #[arg(long, value_name = "NAME")]
+    pub register_as: Option<String>,
+}
+
+/// `twin runs` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum RunsCommand {
+    /// Every run: status, method, model, dataset, steps and losses.
+    List,
+    /// One run: parameters, lineage, code version, last steps and evaluations.
+    Show {
+        /// Its id, id prefix or name.
+        run: String,
+    },
+    /// Runs side by side: parameters that differ and final metrics, and their loss curves
+    /// drawn to PNG and SVG.
+    Compare {
+        /// Two or more runs (id, id prefix or name).
+        #[arg(required = true, num_args = 1..)]
+        runs: Vec<String>,
+        /// Where to draw the curves (`.png` and `.svg` are added) [default:
+        /// DATA_DIR/runs/compare-RUNS].
+        #[arg(long, value_name = "PATH")]
+        out: Option<PathBuf>,
+        /// Every parameter, not only those that differ.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Forget a run: its record, metrics, checkpoints and outputs (registered models stay).
+    Delete {
+        /// Its id, id prefix or name.
+        run: String,
     },
 }
 
@@ -388,7 +556,8 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Snapshot { command } => snapshot::snapshot(&config, command).await,
         Command::Dataset { command } => dataset::dataset(&config, command).await,
-        Command::Train => not_built("train", "a training issue"),
+        Command::Train(args) => train::train(&config, *args).await,
+        Command::Runs { command } => train::runs(&config, command).await,
         Command::Serve => not_built("serve", "a serving issue"),
     }
 }

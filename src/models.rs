@@ -1,10 +1,13 @@
-//! `twin models`: pull, export and try the embedding model.
+//! `twin models`: pull, export and try the embedding model; run checkpoints on token ids; list,
+//! show and merge the trained models of the registry.
 
 use std::io::Write;
 use std::process::ExitCode;
 
-use anyhow::Result;
+use anyhow::{bail, Result};
+use tch::Device;
 use twin_config::TwinConfig;
+use twin_training::{export, job, registry, Batch};
 
 use crate::ModelsCommand;
 
@@ -44,6 +47,140 @@ pub async fn models(config: &TwinConfig, command: ModelsCommand) -> Result<ExitC
                     "embedding": vector,
                 });
                 writeln!(stdout.lock(), "{line}")?;
+            }
+        }
+        ModelsCommand::Forward {
+            model,
+            ids,
+            all,
+            format,
+        } => {
+            let layout = config.layout();
+            let (model, _) = job::load_model(&layout, &model, Device::Cpu)?;
+            let vocab = model.config.vocab_size;
+            if let Some(bad) = ids.iter().find(|i| **i < 0 || **i >= vocab) {
+                bail!("token id {bad} is outside the vocabulary (0..{vocab})");
+            }
+            if ids.len() as i64 > model.config.max_positions {
+                bail!(
+                    "{} ids, but the model has {} positions",
+                    ids.len(),
+                    model.config.max_positions
+                );
+            }
+            let logits = model.forward(&Batch::plain(std::slice::from_ref(&ids), 0, Device::Cpu));
+            let rows: Vec<Vec<f32>> = Vec::<Vec<f32>>::from(&logits.squeeze_dim(0));
+            let first = if all { 0 } else { rows.len() - 1 };
+            match format.as_str() {
+                "json" => {
+                    let positions: Vec<serde_json::Value> = rows
+                        .iter()
+                        .enumerate()
+                        .skip(first)
+                        .map(|(i, l)| serde_json::json!({"position": i, "logits": l}))
+                        .collect();
+                    println!(
+                        "{}",
+                        serde_json::json!({"ids": ids, "vocab_size": vocab, "positions": positions})
+                    );
+                }
+                "text" => {
+                    for (i, l) in rows.iter().enumerate().skip(first) {
+                        let text: Vec<String> = l.iter().map(|x| format!("{x:.6}")).collect();
+                        println!("{i}: {}", text.join(" "));
+                    }
+                }
+                other => bail!("unknown --format {other:?}: use text or json"),
+            }
+        }
+        ModelsCommand::List => {
+            let entries = registry::list(&config.layout().registry())?;
+            if entries.is_empty() {
+                println!("no trained model registered yet (twin train)");
+            }
+            for e in entries {
+                println!(
+                    "{:<24} {:<4} from {}  run {}  dataset {}  {}",
+                    e.reference(),
+                    e.lineage.kind,
+                    e.lineage.base,
+                    e.lineage.run_id,
+                    e.lineage.dataset,
+                    crate::snapshot::time(e.lineage.created_at)
+                );
+            }
+        }
+        ModelsCommand::Show { model } => {
+            let Some(entry) = registry::find(&config.layout().registry(), &model)? else {
+                bail!("{model}: not in the registry (twin models list)");
+            };
+            println!("{} ({})", entry.reference(), entry.dir.display());
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&serde_json::json!({
+                    "kind": entry.lineage.kind,
+                    "base": entry.lineage.base,
+                    "run": entry.lineage.run_id,
+                    "dataset": entry.lineage.dataset,
+                    "snapshot": entry.lineage.snapshot_id,
+                    "positions": entry.lineage.positions,
+                }))?
+            );
+            let mut files: Vec<String> = std::fs::read_dir(&entry.dir)?
+                .filter_map(|e| e.ok())
+                .map(|e| {
+                    let size = e.metadata().map(|m| m.len()).unwrap_or(0);
+                    format!("{} ({size} bytes)", e.file_name().to_string_lossy())
+                })
+                .collect();
+            files.sort();
+            println!("files: {}", files.join(", "));
+        }
+        ModelsCommand::Merge {
+            adapter,
+            base,
+            out,
+            register,
+        } => {
+            let layout = config.layout();
+            let (adapter_dir, recorded_base, lineage) =
+                match registry::find(&layout.registry(), &adapter)? {
+                    Some(e) => (e.dir.clone(), e.lineage.base_dir.clone(), Some(e.lineage)),
+                    None => {
+                        let dir = std::path::PathBuf::from(&adapter);
+                        let recorded = export::read_adapter_config(&dir)?
+                            .base
+                            .map(std::path::PathBuf::from);
+                        (dir, recorded, None)
+                    }
+                };
+            let Some(base) = base.or(recorded_base) else {
+                bail!("the adapter records no base model folder: give --base DIR");
+            };
+            let model = export::merge(&base, &adapter_dir, &out)?;
+            println!(
+                "merged {} into {} ({} parameters): {}",
+                adapter_dir.display(),
+                base.display(),
+                model.config.parameter_count(),
+                out.display()
+            );
+            if let Some(name) = register {
+                let mut lineage = lineage.unwrap_or(registry::Lineage {
+                    kind: "full".into(),
+                    base: base.display().to_string(),
+                    base_dir: None,
+                    run_id: String::new(),
+                    dataset: String::new(),
+                    snapshot_id: None,
+                    positions: Vec::new(),
+                    created_at: 0,
+                });
+                lineage.kind = "full".into();
+                lineage.base_dir = None;
+                lineage.created_at = twin_datasets::build::now_ms();
+                let entry = registry::register(&layout.registry(), &name, &out, &lineage)?;
+                println!("registered {}", entry.reference());
             }
         }
     }

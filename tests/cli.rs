@@ -44,9 +44,13 @@ fn help_lists_every_role() {
 #[test]
 fn roles_not_built_yet_say_so_and_fail() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let out = twin(dir.path(), &["train"], &[]);
+    let out = twin(dir.path(), &["serve"], &[]);
     assert!(!out.status.success());
     assert!(stderr(&out).contains("not built yet"), "{}", stderr(&out));
+    // A role that is built but not told what to do says what it needs.
+    let out = twin(dir.path(), &["train"], &[]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("--dataset"), "{}", stderr(&out));
 }
 
 /// A twin.toml crawling `urls` as web articles, impatiently, without a metrics port.

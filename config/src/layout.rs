@@ -40,6 +40,16 @@ impl DataLayout {
         self.root.join("models")
     }
 
+    /// Training runs: their checkpoints and outputs, `runs/RUN/`.
+    pub fn runs(&self) -> PathBuf {
+        self.root.join("runs")
+    }
+
+    /// The model registry: trained models by name and version, `registry/NAME/vN/`.
+    pub fn registry(&self) -> PathBuf {
+        self.root.join("registry")
+    }
+
     /// The dataset builder's answers from LLMs, cached by request so that a build resumes
     /// without asking again.
     pub fn generator_cache(&self) -> PathBuf {

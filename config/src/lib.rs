@@ -22,9 +22,9 @@ pub use layout::DataLayout;
 pub use model::{
     AuthorConfig, ChunkRule, ChunkingConfig, ClickHouseConfig, DatasetsConfig, EmbeddedLogConfig,
     EmbeddingConfig, GeneratorConfig, GithubConfig, HttpConfig, IngestConfig, KafkaConfig,
-    LogBackend, LogConfig, MetricsConfig, QdrantConfig, SourceConfig, StreamConfig,
-    StructuredOutput, TemplateConfig, TopicNames, TwinConfig, VectorStoreBackend,
-    VectorStoreConfig, WarehouseBackend, WarehouseConfig,
+    LogBackend, LogConfig, LoraConfig, LrSchedule, MetricsConfig, QdrantConfig, SourceConfig,
+    StreamConfig, StructuredOutput, TemplateConfig, TopicNames, TrainingConfig, TrainingMethod,
+    TwinConfig, VectorStoreBackend, VectorStoreConfig, WarehouseBackend, WarehouseConfig,
 };
 
 /// The file read when none is named.
@@ -155,6 +155,28 @@ mod tests {
         assert!(msg.contains("log.partitions"), "{msg}");
         assert!(msg.contains("twin.toml"), "{msg}");
         assert!(msg.contains("expected"), "{msg}");
+    }
+
+    #[test]
+    fn training_settings_come_from_the_file_over_the_defaults() {
+        let config = load_file(
+            "[training]\nmethod = \"full\"\nmax_steps = 300\nschedule = \"linear\"\n\
+             [training.lora]\nrank = 8\ntargets = [\"q_proj\", \"v_proj\"]\n",
+        )
+        .expect("valid");
+        assert_eq!(config.training.method, TrainingMethod::Full);
+        assert_eq!(config.training.max_steps, Some(300));
+        assert_eq!(config.training.schedule, LrSchedule::Linear);
+        assert_eq!(config.training.lora.rank, 8);
+        assert_eq!(
+            config.training.lora.alpha, 32.0,
+            "unset keys keep their defaults"
+        );
+        assert_eq!(config.training.batch_size, 8);
+        let msg = load_file("[training]\nmethod = \"qlora\"\n")
+            .expect_err("bad method")
+            .to_string();
+        assert!(msg.contains("lora") && msg.contains("full"), "{msg}");
     }
 
     #[test]

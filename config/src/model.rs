@@ -36,6 +36,8 @@ pub struct TwinConfig {
     pub ingest: IngestConfig,
     /// How training datasets are built from snapshots, and the LLMs that help.
     pub datasets: DatasetsConfig,
+    /// How `twin train` fine-tunes (every value also a `twin train` option).
+    pub training: TrainingConfig,
 }
 
 impl Default for TwinConfig {
@@ -53,6 +55,7 @@ impl Default for TwinConfig {
             author: AuthorConfig::default(),
             ingest: IngestConfig::default(),
             datasets: DatasetsConfig::default(),
+            training: TrainingConfig::default(),
         }
     }
 }
@@ -496,6 +499,8 @@ pub struct MetricsConfig {
     pub ingest: String,
     /// Where `twin serve` will serve `/metrics`.
     pub serve: String,
+    /// Where `twin train` serves `/metrics` while it trains.
+    pub train: String,
 }
 
 impl Default for MetricsConfig {
@@ -504,6 +509,7 @@ impl Default for MetricsConfig {
             stream: "127.0.0.1:9464".into(),
             ingest: "127.0.0.1:9465".into(),
             serve: "127.0.0.1:9466".into(),
+            train: "127.0.0.1:9467".into(),
         }
     }
 }
@@ -805,5 +811,132 @@ impl GeneratorConfig {
         std::env::var(&self.api_key_env)
             .ok()
             .filter(|k| !k.is_empty())
+    }
+}
+
+/// Fine-tuning (`[training]`): what `twin train` does when an option is not given.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainingConfig {
+    /// `lora` (small adapters beside frozen weights) or `full` (every weight).
+    pub method: TrainingMethod,
+    /// Passes over the training split (when `max_steps` is not set).
+    pub epochs: u32,
+    /// Stop after this many optimizer steps, whatever the epochs.
+    pub max_steps: Option<u64>,
+    /// Rows per micro-batch.
+    pub batch_size: usize,
+    /// Micro-batches per optimizer step.
+    pub gradient_accumulation: usize,
+    /// Longest row in tokens; longer samples are left out (and counted).
+    pub max_seq_len: usize,
+    /// Peak learning rate.
+    pub learning_rate: f64,
+    /// AdamW's decoupled weight decay (on matrices, not on biases and norms).
+    pub weight_decay: f64,
+    /// AdamW's beta1.
+    pub adam_beta1: f64,
+    /// AdamW's beta2.
+    pub adam_beta2: f64,
+    /// AdamW's epsilon.
+    pub adam_epsilon: f64,
+    /// Steps of linear warm-up from 0.
+    pub warmup_steps: u64,
+    /// Decay after warm-up: `cosine`, `linear` or `constant`.
+    pub schedule: LrSchedule,
+    /// Gradients are scaled down to this global norm (0 turns clipping off).
+    pub max_grad_norm: f64,
+    /// Several samples share a row (each still sees only itself).
+    pub packing: bool,
+    /// Loss on the answer tokens only (not on the prompt).
+    pub answer_only: bool,
+    /// Evaluation loss on the test split every this many steps (0: only at the end).
+    pub eval_every: u64,
+    /// A checkpoint every this many steps (0: only at the end and on Ctrl-C).
+    pub checkpoint_every: u64,
+    /// Seed of initialisation, data order and dropout.
+    pub seed: u64,
+    /// `auto` (CUDA when libtorch sees a GPU), `cpu` or `cuda`.
+    pub device: String,
+    /// `auto` (bf16 on a GPU that has it, else f32), `f32` or `bf16`.
+    pub precision: String,
+    /// LoRA's shape.
+    pub lora: LoraConfig,
+}
+
+impl Default for TrainingConfig {
+    fn default() -> Self {
+        Self {
+            method: TrainingMethod::Lora,
+            epochs: 1,
+            max_steps: None,
+            batch_size: 8,
+            gradient_accumulation: 1,
+            max_seq_len: 512,
+            learning_rate: 2e-4,
+            weight_decay: 0.0,
+            adam_beta1: 0.9,
+            adam_beta2: 0.999,
+            adam_epsilon: 1e-8,
+            warmup_steps: 10,
+            schedule: LrSchedule::Cosine,
+            max_grad_norm: 1.0,
+            packing: true,
+            answer_only: true,
+            eval_every: 50,
+            checkpoint_every: 100,
+            seed: 42,
+            device: "auto".into(),
+            precision: "auto".into(),
+            lora: LoraConfig::default(),
+        }
+    }
+}
+
+/// What fine-tuning changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TrainingMethod {
+    /// Low-rank adapters beside frozen weights.
+    Lora,
+    /// Every weight.
+    Full,
+}
+
+/// How the learning rate falls after warm-up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LrSchedule {
+    /// Half a cosine from the peak to 0.
+    Cosine,
+    /// A straight line from the peak to 0.
+    Linear,
+    /// The peak throughout.
+    Constant,
+}
+
+/// LoRA (`[training.lora]`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LoraConfig {
+    /// Rank of the adapter matrices.
+    pub rank: i64,
+    /// Updates are scaled by `alpha / rank`.
+    pub alpha: f64,
+    /// Dropout on the adapter's input while training.
+    pub dropout: f64,
+    /// Projections that get adapters, by module name (`q_proj`, `c_attn`); empty: the
+    /// family's attention and MLP projections.
+    pub targets: Vec<String>,
+}
+
+impl Default for LoraConfig {
+    fn default() -> Self {
+        Self {
+            rank: 16,
+            alpha: 32.0,
+            dropout: 0.05,
+            targets: Vec::new(),
+        }
     }
 }

@@ -13,8 +13,8 @@ use twin_stream::{dlq, Pipeline, RunOptions, StreamError};
 use twin_testkit::documents::substack_article as article;
 use twin_vectorstore::SearchFilter;
 use twin_warehouse::{
-    AsOf, Breakdown, ChunkCursor, Compaction, Counts, DatasetRecord, DocumentFilter, SampleRow,
-    Snapshot, Stored, StoredChunk, Warehouse, WarehouseError,
+    AsOf, Breakdown, ChunkCursor, Compaction, Counts, DatasetRecord, DocumentFilter, MetricRow,
+    RunRecord, SampleRow, Snapshot, Stored, StoredChunk, Warehouse, WarehouseError,
 };
 
 fn config(dir: &std::path::Path) -> TwinConfig {
@@ -176,6 +176,26 @@ impl Warehouse for FailingFirst {
     }
     async fn delete_dataset(&self, id: &str) -> Result<bool, WarehouseError> {
         self.inner.delete_dataset(id).await
+    }
+
+    async fn put_run(&self, run: &RunRecord) -> Result<(), WarehouseError> {
+        self.inner.put_run(run).await
+    }
+
+    async fn runs(&self) -> Result<Vec<RunRecord>, WarehouseError> {
+        self.inner.runs().await
+    }
+
+    async fn delete_run(&self, id: &str) -> Result<bool, WarehouseError> {
+        self.inner.delete_run(id).await
+    }
+
+    async fn put_run_metrics(&self, rows: &[MetricRow]) -> Result<(), WarehouseError> {
+        self.inner.put_run_metrics(rows).await
+    }
+
+    async fn run_metrics(&self, run_id: &str) -> Result<Vec<MetricRow>, WarehouseError> {
+        self.inner.run_metrics(run_id).await
     }
 }
 

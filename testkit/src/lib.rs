@@ -8,12 +8,14 @@
 //! - [`fixture`]: a local HTTP server that plays the platforms the crawlers read.
 //! - [`documents`]: raw-document fixtures, and the 76-article corpus (or a generated one of the
 //!   same shape where the corpus is absent).
+//! - [`python`]: the Python reference environment (transformers, PEFT) of interop tests.
 //! - [`contract_suite!`]: runs one contract test suite against several backends.
 
 pub mod clickhouse;
 pub mod documents;
 pub mod fixture;
 pub mod process;
+pub mod python;
 pub mod qdrant;
 pub mod tansu;
 

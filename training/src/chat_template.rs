@@ -53,7 +53,8 @@ describes a task. Write a response that appropriately completes the request.\n\n
 {% else %}{{ raise_exception('Alpaca has no role ' + message['role']) }}{% endif %}{% endfor %}\
 {% if add_generation_prompt %}{{ '### Response:\n' }}{% endif %}";
 
-const CHATML: &str = "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + \
+pub(crate) const CHATML: &str =
+    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + \
 message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}\
 {{ '<|im_start|>assistant\n' }}{% endif %}";
 

@@ -1,25 +1,54 @@
-//! Training: fine-tuning of Llama, Mistral, Qwen2 and GPT-2 family checkpoints, runs and the
-//! model registry. Snapshots live in `twin-warehouse` and datasets in `twin-datasets`; this crate
-//! consumes them.
+//! Training: fine-tuning of Llama, Mistral, Qwen2 and GPT-2 family checkpoints on libtorch (tch),
+//! tracked runs and the model registry. Snapshots live in `twin-warehouse` and datasets in
+//! `twin-datasets`; this crate consumes them.
 //!
-//! Built so far:
-//! - [`chat_template`]: a checkpoint's chat template (`tokenizer_config.json`) rendered with a
-//!   Jinja engine, as text-generation-inference does, and built-in Alpaca, ChatML and Llama-3
-//!   templates for checkpoints that have none.
-//!
-//! Not built yet: the models, the training loop and `twin train` (which says so and exits
-//! non-zero).
+//! - [`architecture`]: a checkpoint's `config.json` read into what the model code needs.
+//! - [`weights`]: safetensors files (single or sharded) by Hugging Face parameter name.
+//! - [`model`]: the decoders (Llama, Mistral, Qwen2 share one; GPT-2), LoRA, packed batches.
+//! - [`chat_template`]: a checkpoint's chat template rendered with a Jinja engine, as
+//!   text-generation-inference does; built-in Alpaca, ChatML and Llama-3.
+//! - [`tokenizer`]: `tokenizer.json`, the template to train with, and byte-level BPE training
+//!   for a model that starts from scratch.
+//! - [`data`]: samples to tokens (answer tokens marked), packing, the seeded order of rows.
+//! - [`optim`]: AdamW, warm-up and decay, gradient clipping.
+//! - [`trainer`]: the loop: accumulation, evaluation, checkpoints, resume, early stop.
+//! - [`export`]: outputs in the Hugging Face layout (full model, PEFT adapter) and merging.
+//! - [`runs`]: run records and metrics in the warehouse; comparison tables and loss plots.
+//! - [`registry`]: trained models by `name@vN`, with their lineage.
+//! - [`job`]: `twin train` end to end.
 
+pub mod architecture;
 pub mod chat_template;
+pub mod data;
+pub mod export;
+pub mod job;
+pub mod model;
+pub mod optim;
+pub mod registry;
+pub mod runs;
+pub mod tokenizer;
+pub mod trainer;
+pub mod weights;
 
 use std::path::PathBuf;
 
+pub use architecture::{Family, ModelConfig};
 pub use chat_template::{Builtin, ChatTemplate, Message};
+pub use model::{Batch, CausalLm, LoraSettings};
+
+/// libtorch's random generator is one per process: whatever draws from it after seeding (LoRA's
+/// initial values, a new model's weights, dropout) holds this lock, so that two trainings in one
+/// process (tests, a service) each draw what their seed says.
+pub(crate) fn torch_rng() -> std::sync::MutexGuard<'static, ()> {
+    static RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    RNG.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
 
 /// What can go wrong in training.
 #[derive(Debug, thiserror::Error)]
 pub enum TrainingError {
-    /// A file could not be read.
+    /// A file could not be read or written.
     #[error("{path}: {source}")]
     Io {
         /// The file.
@@ -35,9 +64,38 @@ pub enum TrainingError {
         /// What is wrong.
         reason: String,
     },
+    /// A checkpoint lacks a tensor its config implies.
+    #[error("{path}: the checkpoint has no tensor `{name}`, which its config.json implies")]
+    MissingTensor {
+        /// The checkpoint folder.
+        path: PathBuf,
+        /// The tensor's name.
+        name: String,
+    },
     /// A chat template does not compile or does not render.
     #[error("chat template: {0}")]
     Template(String),
+    /// A tokenizer could not be read, trained or run.
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+    /// A dataset could not be read or used.
+    #[error(transparent)]
+    Dataset(#[from] twin_datasets::DatasetError),
+    /// The warehouse failed.
+    #[error(transparent)]
+    Warehouse(#[from] twin_warehouse::WarehouseError),
+    /// What was asked cannot be done (the message says why).
+    #[error("{0}")]
+    Invalid(String),
+    /// libtorch failed.
+    #[error("libtorch: {0}")]
+    Torch(String),
+}
+
+impl From<tch::TchError> for TrainingError {
+    fn from(e: tch::TchError) -> Self {
+        TrainingError::Torch(e.to_string())
+    }
 }
 
 /// Result of training operations.

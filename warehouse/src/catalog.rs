@@ -113,6 +113,37 @@ pub struct SampleRow {
     pub body: String,
 }
 
+/// A training run as stored: its parameters, lineage and results, as JSON the trainer owns.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunRecord {
+    /// `r-` and a time-ordered suffix.
+    pub id: String,
+    /// A name to find it by.
+    pub name: Option<String>,
+    /// `running`, `interrupted`, `failed` or `finished`.
+    pub status: String,
+    /// When it started, ms since the epoch.
+    pub created_at: i64,
+    /// When it last changed, ms since the epoch.
+    pub updated_at: i64,
+    /// Parameters, lineage, code version and results, as JSON.
+    pub body: String,
+}
+
+/// Metrics of one step of a run (`train`) or one evaluation (`eval`), as JSON. A step written
+/// again (a resumed run) replaces the earlier one.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MetricRow {
+    /// The run.
+    pub run_id: String,
+    /// `train` or `eval`.
+    pub kind: String,
+    /// The optimizer step.
+    pub step: u64,
+    /// The values, as a JSON object.
+    pub body: String,
+}
+
 /// The one item whose id is `key`, or starts with it when only one does, or is named `key`.
 pub(crate) fn find<T>(
     items: Vec<T>,

@@ -21,8 +21,8 @@ use twin_schemas::{Chunk, CleanedDocument, RawDocument};
 use crate::filter::{self, Conditions, SqlValue};
 use crate::{
     breakdowns, from_json, next_version, to_json, AsOf, Breakdown, ChunkCursor, ChunkRow,
-    Compaction, Counts, DatasetRecord, DocumentFilter, DocumentRow, Position, Result, SampleRow,
-    Snapshot, Stored, StoredChunk, Warehouse, WarehouseError, SCHEMA_VERSION,
+    Compaction, Counts, DatasetRecord, DocumentFilter, DocumentRow, MetricRow, Position, Result,
+    RunRecord, SampleRow, Snapshot, Stored, StoredChunk, Warehouse, WarehouseError, SCHEMA_VERSION,
 };
 
 /// The ClickHouse warehouse.
@@ -93,7 +93,7 @@ const PROJECTION: [(&str, &str, &str); 4] = [
 /// Snapshots and datasets: kept by a rebuild. A record's newest version wins (`FINAL`); a
 /// forgotten one is a version with `deleted = 1`. Samples are stored per build of a dataset
 /// (its record's version), so a rebuilt dataset never mixes with its older samples.
-const CATALOG: [(&str, &str, &str); 3] = [
+const CATALOG: [(&str, &str, &str); 5] = [
     (
         "snapshots",
         "id String, name Nullable(String), created_at Int64, positions String, version UInt64, deleted UInt8",
@@ -109,6 +109,17 @@ const CATALOG: [(&str, &str, &str); 3] = [
         "dataset_samples",
         "dataset_id String, build UInt64, split String, idx UInt32, body String",
         "MergeTree ORDER BY (dataset_id, build, split, idx)",
+    ),
+    (
+        "runs",
+        "id String, name Nullable(String), status String, created_at Int64, updated_at Int64,
+         body String, version UInt64, deleted UInt8",
+        "ReplacingMergeTree(version) ORDER BY id",
+    ),
+    (
+        "run_metrics",
+        "run_id String, kind String, step UInt64, body String, version UInt64",
+        "ReplacingMergeTree(version) ORDER BY (run_id, kind, step)",
     ),
 ];
 
@@ -437,6 +448,27 @@ struct DatasetRow {
     metadata: String,
     version: u64,
     deleted: u8,
+}
+
+#[derive(Debug, clickhouse::Row, serde::Serialize, serde::Deserialize)]
+struct RunRow {
+    id: String,
+    name: Option<String>,
+    status: String,
+    created_at: i64,
+    updated_at: i64,
+    body: String,
+    version: u64,
+    deleted: u8,
+}
+
+#[derive(Debug, clickhouse::Row, serde::Serialize, serde::Deserialize)]
+struct RunMetricRow {
+    run_id: String,
+    kind: String,
+    step: u64,
+    body: String,
+    version: u64,
 }
 
 #[derive(Debug, clickhouse::Row, serde::Serialize, serde::Deserialize)]
@@ -899,5 +931,96 @@ impl Warehouse for ClickHouseWarehouse {
             .await
             .map_err(ch_err("dataset_samples"))?;
         Ok(true)
+    }
+
+    async fn put_run(&self, run: &RunRecord) -> Result<()> {
+        let row = RunRow {
+            id: run.id.clone(),
+            name: run.name.clone(),
+            status: run.status.clone(),
+            created_at: run.created_at,
+            updated_at: run.updated_at,
+            body: run.body.clone(),
+            version: next_version(),
+            deleted: 0,
+        };
+        self.insert("runs", &[row]).await
+    }
+
+    async fn runs(&self) -> Result<Vec<RunRecord>> {
+        let rows: Vec<RunRow> = self
+            .client
+            .query("SELECT ?fields FROM runs FINAL WHERE deleted = 0 ORDER BY created_at, id")
+            .fetch_all()
+            .await
+            .map_err(ch_err("runs"))?;
+        Ok(rows
+            .into_iter()
+            .map(|r| RunRecord {
+                id: r.id,
+                name: r.name,
+                status: r.status,
+                created_at: r.created_at,
+                updated_at: r.updated_at,
+                body: r.body,
+            })
+            .collect())
+    }
+
+    async fn delete_run(&self, id: &str) -> Result<bool> {
+        let Some(run) = self.runs().await?.into_iter().find(|r| r.id == id) else {
+            return Ok(false);
+        };
+        let tombstone = RunRow {
+            id: run.id,
+            name: run.name,
+            status: run.status,
+            created_at: run.created_at,
+            updated_at: run.updated_at,
+            body: String::new(),
+            version: next_version(),
+            deleted: 1,
+        };
+        self.insert("runs", &[tombstone]).await?;
+        self.client
+            .query("ALTER TABLE run_metrics DELETE WHERE run_id = ?")
+            .bind(id)
+            .execute()
+            .await
+            .map_err(ch_err("run_metrics"))?;
+        Ok(true)
+    }
+
+    async fn put_run_metrics(&self, rows: &[MetricRow]) -> Result<()> {
+        let rows: Vec<RunMetricRow> = rows
+            .iter()
+            .map(|r| RunMetricRow {
+                run_id: r.run_id.clone(),
+                kind: r.kind.clone(),
+                step: r.step,
+                body: r.body.clone(),
+                version: next_version(),
+            })
+            .collect();
+        self.insert("run_metrics", &rows).await
+    }
+
+    async fn run_metrics(&self, run_id: &str) -> Result<Vec<MetricRow>> {
+        let rows: Vec<RunMetricRow> = self
+            .client
+            .query("SELECT ?fields FROM run_metrics FINAL WHERE run_id = ? ORDER BY kind, step")
+            .bind(run_id)
+            .fetch_all()
+            .await
+            .map_err(ch_err("run_metrics"))?;
+        Ok(rows
+            .into_iter()
+            .map(|r| MetricRow {
+                run_id: r.run_id,
+                kind: r.kind,
+                step: r.step,
+                body: r.body,
+            })
+            .collect())
     }
 }

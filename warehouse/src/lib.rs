@@ -41,7 +41,7 @@ use serde::{Deserialize, Serialize};
 use twin_config::{DataLayout, WarehouseBackend, WarehouseConfig};
 use twin_schemas::{Chunk, CleanedDocument, DocumentKind, RawDocument};
 
-pub use self::catalog::{DatasetRecord, SampleRow, Snapshot};
+pub use self::catalog::{DatasetRecord, MetricRow, RunRecord, SampleRow, Snapshot};
 pub use self::clickhouse_store::ClickHouseWarehouse;
 pub use self::filter::{AsOf, DocumentFilter};
 pub use self::sqlite::SqliteWarehouse;
@@ -306,12 +306,34 @@ pub trait Warehouse: Send + Sync {
 
     /// Forget a dataset and its samples; whether there was one.
     async fn delete_dataset(&self, id: &str) -> Result<bool>;
+
+    /// Store a training run's record (replacing an earlier one of the same id).
+    async fn put_run(&self, run: &RunRecord) -> Result<()>;
+
+    /// Every training run, oldest first.
+    async fn runs(&self) -> Result<Vec<RunRecord>>;
+
+    /// Forget a run and its metrics; false if there was none.
+    async fn delete_run(&self, id: &str) -> Result<bool>;
+
+    /// Store metrics of runs (a step stored again replaces the earlier one).
+    async fn put_run_metrics(&self, rows: &[MetricRow]) -> Result<()>;
+
+    /// A run's metrics, by kind, then step.
+    async fn run_metrics(&self, run_id: &str) -> Result<Vec<MetricRow>>;
 }
 
 /// One snapshot by id, or by a unique prefix of it, or by name.
 pub async fn find_snapshot(warehouse: &dyn Warehouse, key: &str) -> Result<Option<Snapshot>> {
     let all = warehouse.snapshots().await?;
     Ok(catalog::find(all, key, |s| (&s.id, s.name.as_deref())))
+}
+
+/// One training run by id, or by a unique prefix of it, or by name.
+pub async fn find_run(warehouse: &dyn Warehouse, key: &str) -> Result<Option<RunRecord>> {
+    Ok(catalog::find(warehouse.runs().await?, key, |r| {
+        (&r.id, r.name.as_deref())
+    }))
 }
 
 /// One dataset by id, or by a unique prefix of it, or by name.

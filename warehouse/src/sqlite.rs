@@ -17,8 +17,9 @@ use twin_schemas::{Chunk, CleanedDocument, RawDocument};
 use crate::filter::{self, Conditions, SqlValue};
 use crate::{
     breakdowns, from_json, to_json, AsOf, Breakdown, ChunkCursor, ChunkRow, Compaction, Counts,
-    DatasetRecord, DocumentFilter, DocumentRow, Position, Result, SampleRow, Snapshot, Stored,
-    StoredChunk, Warehouse, WarehouseError, CHUNK_COLUMNS, DOCUMENT_COLUMNS, SCHEMA_VERSION,
+    DatasetRecord, DocumentFilter, DocumentRow, MetricRow, Position, Result, RunRecord, SampleRow,
+    Snapshot, Stored, StoredChunk, Warehouse, WarehouseError, CHUNK_COLUMNS, DOCUMENT_COLUMNS,
+    SCHEMA_VERSION,
 };
 
 const SCHEMA: &str = "
@@ -52,6 +53,12 @@ CREATE TABLE IF NOT EXISTS datasets (
 CREATE TABLE IF NOT EXISTS dataset_samples (
     dataset_id TEXT NOT NULL, split TEXT NOT NULL, idx INTEGER NOT NULL, body TEXT NOT NULL,
     PRIMARY KEY (dataset_id, split, idx));
+CREATE TABLE IF NOT EXISTS runs (
+    id TEXT PRIMARY KEY, name TEXT, status TEXT NOT NULL, created_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL, body TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS run_metrics (
+    run_id TEXT NOT NULL, kind TEXT NOT NULL, step INTEGER NOT NULL, body TEXT NOT NULL,
+    PRIMARY KEY (run_id, kind, step));
 ";
 
 /// The projection's tables: what a rebuild drops.
@@ -834,6 +841,94 @@ impl Warehouse for SqliteWarehouse {
             let n = tx.execute("DELETE FROM datasets WHERE id = ?1", params![id])?;
             tx.commit()?;
             Ok(n > 0)
+        })
+        .await
+    }
+
+    async fn put_run(&self, run: &RunRecord) -> Result<()> {
+        let run = run.clone();
+        self.with(move |c| {
+            c.execute(
+                "INSERT OR REPLACE INTO runs (id, name, status, created_at, updated_at, body)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![
+                    run.id,
+                    run.name,
+                    run.status,
+                    run.created_at,
+                    run.updated_at,
+                    run.body
+                ],
+            )
+        })
+        .await
+        .map(|_| ())
+    }
+
+    async fn runs(&self) -> Result<Vec<RunRecord>> {
+        self.with(|c| {
+            let mut statement = c.prepare(
+                "SELECT id, name, status, created_at, updated_at, body FROM runs ORDER BY created_at, id",
+            )?;
+            let rows = statement.query_map([], |r| {
+                Ok(RunRecord {
+                    id: r.get(0)?,
+                    name: r.get(1)?,
+                    status: r.get(2)?,
+                    created_at: r.get(3)?,
+                    updated_at: r.get(4)?,
+                    body: r.get(5)?,
+                })
+            })?;
+            rows.collect()
+        })
+        .await
+    }
+
+    async fn delete_run(&self, id: &str) -> Result<bool> {
+        let id = id.to_string();
+        self.with(move |c| {
+            let tx = c.transaction()?;
+            tx.execute("DELETE FROM run_metrics WHERE run_id = ?1", params![id])?;
+            let n = tx.execute("DELETE FROM runs WHERE id = ?1", params![id])?;
+            tx.commit()?;
+            Ok(n > 0)
+        })
+        .await
+    }
+
+    async fn put_run_metrics(&self, rows: &[MetricRow]) -> Result<()> {
+        let rows = rows.to_vec();
+        self.with(move |c| {
+            let tx = c.transaction()?;
+            {
+                let mut insert = tx.prepare(
+                    "INSERT OR REPLACE INTO run_metrics (run_id, kind, step, body) VALUES (?1, ?2, ?3, ?4)",
+                )?;
+                for row in &rows {
+                    insert.execute(params![row.run_id, row.kind, row.step as i64, row.body])?;
+                }
+            }
+            tx.commit()
+        })
+        .await
+    }
+
+    async fn run_metrics(&self, run_id: &str) -> Result<Vec<MetricRow>> {
+        let run_id = run_id.to_string();
+        self.with(move |c| {
+            let mut statement = c.prepare(
+                "SELECT run_id, kind, step, body FROM run_metrics WHERE run_id = ?1 ORDER BY kind, step",
+            )?;
+            let rows = statement.query_map(params![run_id], |r| {
+                Ok(MetricRow {
+                    run_id: r.get(0)?,
+                    kind: r.get(1)?,
+                    step: r.get::<_, i64>(2)? as u64,
+                    body: r.get(3)?,
+                })
+            })?;
+            rows.collect()
         })
         .await
     }

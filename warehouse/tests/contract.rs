@@ -11,9 +11,9 @@ use twin_schemas::{CleanedDocument, DocumentKind, Position, RawDocument};
 use twin_testkit::documents::{article as raw, chunks};
 use twin_testkit::Backend;
 use twin_warehouse::{
-    find_snapshot, scan_chunks, scan_cleaned, scan_raw, AsOf, Breakdown, ClickHouseWarehouse,
-    Compaction, Counts, DatasetRecord, DocumentFilter, SampleRow, Snapshot, SqliteWarehouse,
-    Warehouse, WarehouseError,
+    find_run, find_snapshot, scan_chunks, scan_cleaned, scan_raw, AsOf, Breakdown,
+    ClickHouseWarehouse, Compaction, Counts, DatasetRecord, DocumentFilter, MetricRow, RunRecord,
+    SampleRow, Snapshot, SqliteWarehouse, Warehouse, WarehouseError,
 };
 
 type Handle = Arc<dyn Warehouse>;
@@ -623,6 +623,58 @@ async fn snapshots_and_datasets_are_kept_across_a_rebuild(w: Handle) {
     assert_eq!(w.snapshots().await.expect("list"), [second]);
 }
 
+async fn runs_keep_their_newest_record_and_a_step_written_again_replaces_the_old(w: Handle) {
+    let mut run = RunRecord {
+        id: "r-0001".into(),
+        name: Some("first".into()),
+        status: "running".into(),
+        created_at: 10,
+        updated_at: 10,
+        body: r#"{"method":"lora"}"#.into(),
+    };
+    w.put_run(&run).await.expect("put");
+    run.status = "finished".into();
+    run.updated_at = 20;
+    w.put_run(&run).await.expect("update");
+    let metric = |kind: &str, step: u64, loss: f64| MetricRow {
+        run_id: "r-0001".into(),
+        kind: kind.into(),
+        step,
+        body: format!(r#"{{"loss":{loss}}}"#),
+    };
+    w.put_run_metrics(&[
+        metric("train", 1, 3.0),
+        metric("train", 2, 2.5),
+        metric("eval", 2, 2.9),
+    ])
+    .await
+    .expect("metrics");
+    // A resumed run writes step 2 again: the new value replaces the old.
+    w.put_run_metrics(&[metric("train", 2, 2.4), metric("train", 3, 2.0)])
+        .await
+        .expect("again");
+    w.drop_all().await.expect("drop");
+    w.ensure_schema().await.expect("schema");
+    assert_eq!(w.runs().await.expect("runs"), [run.clone()]);
+    assert_eq!(
+        find_run(w.as_ref(), "first").await.expect("find"),
+        Some(run.clone())
+    );
+    assert_eq!(
+        w.run_metrics("r-0001").await.expect("metrics"),
+        [
+            metric("eval", 2, 2.9),
+            metric("train", 1, 3.0),
+            metric("train", 2, 2.4),
+            metric("train", 3, 2.0)
+        ]
+    );
+    assert!(w.delete_run("r-0001").await.expect("delete"));
+    assert!(!w.delete_run("r-0001").await.expect("again"));
+    assert!(w.runs().await.expect("runs").is_empty());
+    assert!(w.run_metrics("r-0001").await.expect("metrics").is_empty());
+}
+
 twin_testkit::contract_suite! {
     backends: [embedded, clickhouse],
     tests: [
@@ -640,6 +692,7 @@ twin_testkit::contract_suite! {
         compaction_keeps_what_kept_snapshots_see,
         snapshots_and_datasets_are_kept_across_a_rebuild,
         the_newest_cleaning_again_wins_and_earlier_snapshots_keep_theirs,
+        runs_keep_their_newest_record_and_a_step_written_again_replaces_the_old,
     ],
 }
 

@@ -1,0 +1,316 @@
+//! `twin train`, `twin runs` and `twin models` as a user runs them, on the small checkpoints of
+//! training/tests/data: train LoRA and full runs, compare them (a table and PNG/SVG curves),
+//! list, show, merge and run registered models, and stop a run with Ctrl-C.
+
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+fn twin_command(dir: &Path, args: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_twin"));
+    cmd.current_dir(dir)
+        .args(["--data-dir", "data"])
+        .args(args)
+        .env("RUST_LOG", "warn");
+    for (key, _) in std::env::vars() {
+        if key.starts_with("TWIN_") {
+            cmd.env_remove(key);
+        }
+    }
+    cmd
+}
+
+fn twin(dir: &Path, args: &[&str]) -> Output {
+    let out = twin_command(dir, args).output().expect("run twin");
+    assert!(
+        out.status.success(),
+        "twin {args:?} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn checkpoint(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("training/tests/data")
+        .join(name)
+}
+
+fn samples(dir: &Path) {
+    let folder = dir.join("samples");
+    std::fs::create_dir_all(&folder).unwrap();
+    let line = |i: usize| {
+        let topics = [
+            "event sourcing",
+            "the warehouse",
+            "vector search",
+            "retrieval",
+        ];
+        serde_json::json!({
+            "instruction": format!("What do you think about {}?", topics[i % 4]),
+            "output": format!("In my experience {} is worth measuring twice.", topics[i % 4]),
+        })
+        .to_string()
+    };
+    let train: Vec<String> = (0..32).map(line).collect();
+    let test: Vec<String> = (32..36).map(line).collect();
+    std::fs::write(folder.join("train.jsonl"), train.join("\n")).unwrap();
+    std::fs::write(folder.join("test.jsonl"), test.join("\n")).unwrap();
+}
+
+fn logits(out: &Output) -> Vec<Vec<f64>> {
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    v["positions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| serde_json::from_value(p["logits"].clone()).unwrap())
+        .collect()
+}
+
+fn max_diff(a: &[Vec<f64>], b: &[Vec<f64>]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .flatten()
+        .zip(b.iter().flatten())
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f64::max)
+}
+
+const SHORT: [&str; 10] = [
+    "--batch-size",
+    "4",
+    "--max-seq-len",
+    "128",
+    "--eval-every",
+    "10",
+    "--lr",
+    "5e-3",
+    "--device",
+    "cpu",
+];
+
+#[test]
+fn train_compare_register_merge_and_run_models() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    samples(d);
+    twin(d, &["dataset", "import", "samples", "--name", "talk"]);
+    let llama = checkpoint("llama");
+    let llama = llama.to_str().unwrap();
+
+    let mut args = vec![
+        "train",
+        "--dataset",
+        "talk",
+        "--model",
+        llama,
+        "--method",
+        "lora",
+    ];
+    args.extend([
+        "--max-steps",
+        "30",
+        "--name",
+        "first",
+        "--register-as",
+        "tiny",
+    ]);
+    args.extend(SHORT);
+    let out = twin(d, &args);
+    assert!(
+        stdout(&out).contains("registered tiny@v1"),
+        "{}",
+        stdout(&out)
+    );
+    let mut args = vec![
+        "train",
+        "--dataset",
+        "samples/train.jsonl",
+        "--model",
+        llama,
+    ];
+    args.extend(["--method", "full", "--max-steps", "20", "--name", "second"]);
+    args.extend(["--register-as", "tiny"]);
+    args.extend(SHORT);
+    let out = twin(d, &args);
+    assert!(
+        stdout(&out).contains("registered tiny@v2"),
+        "{}",
+        stdout(&out)
+    );
+
+    let list = stdout(&twin(d, &["runs", "list"]));
+    assert!(
+        list.contains("(first)") && list.contains("(second)"),
+        "{list}"
+    );
+    assert!(list.contains("finished"), "{list}");
+    let show = stdout(&twin(d, &["runs", "show", "first"]));
+    assert!(
+        show.contains("\"rank\": 16") && show.contains("code_version"),
+        "{show}"
+    );
+    assert!(show.contains("eval at step"), "{show}");
+
+    let compare = stdout(&twin(
+        d,
+        &["runs", "compare", "first", "second", "--out", "cmp"],
+    ));
+    for row in ["method", "final train loss", "best eval loss", "tokens/s"] {
+        assert!(compare.contains(row), "compare lacks {row}:\n{compare}");
+    }
+    let png = std::fs::read(d.join("cmp.png")).expect("png");
+    assert_eq!(&png[..4], b"\x89PNG");
+    let svg = std::fs::read_to_string(d.join("cmp.svg")).expect("svg");
+    assert!(
+        svg.contains("<svg") && svg.contains("polyline"),
+        "an SVG with curves"
+    );
+    assert!(svg.contains("first train"), "the legend names the runs");
+
+    let models = stdout(&twin(d, &["models", "list"]));
+    assert!(
+        models.contains("tiny@v1") && models.contains("tiny@v2"),
+        "{models}"
+    );
+    let shown = stdout(&twin(d, &["models", "show", "tiny@v1"]));
+    assert!(
+        shown.contains("\"kind\": \"lora\"") && shown.contains("adapter_model.safetensors"),
+        "{shown}"
+    );
+
+    // The adapter applied by the registry, and merged into a full model: the same logits.
+    twin(
+        d,
+        &[
+            "models",
+            "merge",
+            "tiny@v1",
+            "--out",
+            "merged",
+            "--register",
+            "merged",
+        ],
+    );
+    let ids = ["--ids", "1,5,9,200,31", "--all", "--format", "json"];
+    let via_registry = logits(&twin(
+        d,
+        &[&["models", "forward", "tiny@v1"][..], &ids].concat(),
+    ));
+    let merged = logits(&twin(
+        d,
+        &[&["models", "forward", "merged"][..], &ids].concat(),
+    ));
+    let base = logits(&twin(
+        d,
+        &[&["models", "forward", llama][..], &ids].concat(),
+    ));
+    assert!(max_diff(&via_registry, &merged) < 1e-4);
+    assert!(
+        max_diff(&via_registry, &base) > 1e-3,
+        "training changed the model"
+    );
+    // Only the last position without --all.
+    let last = twin(
+        d,
+        &[
+            "models", "forward", llama, "--ids", "1,5,9", "--format", "json",
+        ],
+    );
+    assert_eq!(logits(&last).len(), 1);
+    let bad = twin_command(d, &["models", "forward", llama, "--ids", "1,99999"])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("outside the vocabulary"));
+}
+
+#[test]
+fn models_forward_prints_the_logits_transformers_computed() {
+    let dir = tempfile::tempdir().unwrap();
+    let gpt2 = checkpoint("gpt2");
+    let reference = twin_training::weights::load(&[gpt2.join("reference.safetensors")]).unwrap();
+    let ids: Vec<Vec<i64>> = Vec::<Vec<i64>>::from(&reference["input_ids"]);
+    let expected: Vec<Vec<Vec<f32>>> = Vec::from(&reference["logits"]);
+    let list: Vec<String> = ids[0].iter().map(i64::to_string).collect();
+    let out = twin(
+        dir.path(),
+        &[
+            "models",
+            "forward",
+            gpt2.to_str().unwrap(),
+            "--ids",
+            &list.join(","),
+            "--all",
+            "--format",
+            "json",
+        ],
+    );
+    let expected: Vec<Vec<f64>> = expected[0]
+        .iter()
+        .map(|r| r.iter().map(|x| *x as f64).collect())
+        .collect();
+    let diff = max_diff(&logits(&out), &expected);
+    assert!(diff < 1e-4, "{diff:e}");
+}
+
+#[test]
+fn ctrl_c_stops_training_with_a_checkpoint_to_resume_from() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    samples(d);
+    let llama = checkpoint("llama");
+    let mut args = vec!["--log-format", "json", "train", "--dataset", "samples"];
+    args.extend(["--model", llama.to_str().unwrap(), "--max-steps", "100000"]);
+    args.extend(["--checkpoint-every", "0"]);
+    args.extend(SHORT);
+    let mut child = twin_command(d, &args)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = BufReader::new(stderr).lines();
+    // Wait for training to run (a progress line every 10 steps), then press Ctrl-C.
+    let mut seen = 0;
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        if line.contains("\"training\"") {
+            seen += 1;
+            if seen == 2 {
+                break;
+            }
+        }
+    }
+    assert_eq!(seen, 2, "training never reported progress");
+    let pid = child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    let out = child.wait_with_output().unwrap();
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(130), "{text}\n{}", rest.join("\n"));
+    assert!(
+        text.contains("stopped early") && text.contains("--resume"),
+        "{text}"
+    );
+    let list = stdout(&twin(d, &["runs", "list"]));
+    assert!(list.contains("interrupted"), "{list}");
+    let runs: Vec<_> = std::fs::read_dir(d.join("data/runs")).unwrap().collect();
+    assert_eq!(runs.len(), 1);
+    let checkpoints = runs[0].as_ref().unwrap().path().join("checkpoints");
+    let saved: Vec<_> = std::fs::read_dir(&checkpoints).unwrap().collect();
+    assert_eq!(saved.len(), 1, "one checkpoint, saved on Ctrl-C");
+}
