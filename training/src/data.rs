@@ -77,7 +77,12 @@ impl Tokenising<'_> {
     /// One sample as tokens; `None` when it is empty.
     pub fn example(&self, sample: &Sample) -> Result<Option<Example>> {
         let (prompt, answer) = self.texts(sample)?;
-        let prompt = self.encode(&prompt)?;
+        let mut prompt = self.encode(&prompt)?;
+        // What the tokenizer puts first in a text (Llama's BOS), unless the template wrote it.
+        let opening = self.opening()?;
+        if !opening.is_empty() && !prompt.starts_with(&opening) {
+            prompt.splice(0..0, opening);
+        }
         let answer = self.encode(&answer)?;
         if answer.is_empty() {
             return Ok(None);
@@ -88,6 +93,25 @@ impl Tokenising<'_> {
         let mut ids = prompt;
         ids.extend(answer);
         Ok(Some(Example { ids, targets }))
+    }
+
+    /// The special tokens the tokenizer's post-processor puts before a text.
+    fn opening(&self) -> Result<Vec<i64>> {
+        let with = self
+            .tokenizer
+            .encode("a", true)
+            .map_err(|e| TrainingError::Tokenizer(e.to_string()))?;
+        let without = self.encode("a")?;
+        let with: Vec<i64> = with.get_ids().iter().map(|i| *i as i64).collect();
+        if without.is_empty() {
+            return Ok(Vec::new());
+        }
+        Ok(
+            match with.windows(without.len()).position(|w| w == without) {
+                Some(at) => with[..at].to_vec(),
+                None => Vec::new(),
+            },
+        )
     }
 
     fn encode(&self, text: &str) -> Result<Vec<i64>> {
@@ -222,6 +246,69 @@ mod tests {
         assert_eq!(rows[1].tokens.len(), 7);
         let unpacked = super::rows(&[ex(3), ex(4)], 8, false);
         assert_eq!(unpacked.len(), 2);
+    }
+
+    /// Words as tokens, and `<s>` put before every text by the post-processor (as Llama's).
+    fn word_tokenizer() -> Tokenizer {
+        let json = r#"{
+          "version": "1.0", "truncation": null, "padding": null, "normalizer": null,
+          "added_tokens": [{"id": 0, "content": "<s>", "single_word": false, "lstrip": false,
+                            "rstrip": false, "normalized": false, "special": true}],
+          "pre_tokenizer": {"type": "WhitespaceSplit"},
+          "post_processor": {"type": "TemplateProcessing",
+            "single": [{"SpecialToken": {"id": "<s>", "type_id": 0}},
+                       {"Sequence": {"id": "A", "type_id": 0}}],
+            "pair": [{"Sequence": {"id": "A", "type_id": 0}}, {"Sequence": {"id": "B", "type_id": 1}}],
+            "special_tokens": {"<s>": {"id": "<s>", "ids": [0], "tokens": ["<s>"]}}},
+          "decoder": null,
+          "model": {"type": "WordLevel", "unk_token": "<unk>",
+                    "vocab": {"<s>": 0, "<unk>": 1, "Q:": 2, "A:": 3, "hi": 4, "there": 5, "friend": 6}}
+        }"#;
+        json.parse().unwrap()
+    }
+
+    #[test]
+    fn the_answer_alone_is_the_target_and_the_tokenizers_opening_token_comes_first() {
+        let tokenizer = word_tokenizer();
+        let template = ChatTemplate::new(
+            "Q: {{ messages[0]['content'] }} A:{% if not add_generation_prompt %} \
+             {{ messages[1]['content'] }}{% endif %}",
+            "<s>",
+            "",
+        )
+        .unwrap();
+        let sample = Sample {
+            system: None,
+            instruction: "hi".into(),
+            input: String::new(),
+            output: "there friend".into(),
+            rejected: None,
+            origin: Default::default(),
+        };
+        let tokenising = Tokenising {
+            template: &template,
+            tokenizer: &tokenizer,
+            max_seq_len: 16,
+            answer_only: true,
+        };
+        let example = tokenising.example(&sample).unwrap().unwrap();
+        assert_eq!(example.ids, [0, 2, 4, 3, 5, 6]);
+        assert_eq!(example.targets, [false, false, false, false, true, true]);
+        let all = Tokenising {
+            answer_only: false,
+            ..tokenising.clone()
+        };
+        let example = all.example(&sample).unwrap().unwrap();
+        assert_eq!(example.targets, [false, true, true, true, true, true]);
+        let short = Tokenising {
+            max_seq_len: 4,
+            ..tokenising
+        };
+        let e = short
+            .examples(&[(Split::Train, sample)])
+            .expect_err("too long")
+            .to_string();
+        assert!(e.contains("max_seq_len is 4") && e.contains("has 6"), "{e}");
     }
 
     #[test]

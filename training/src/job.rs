@@ -245,6 +245,15 @@ async fn prepare(
         (None, Some(key)) => {
             let (model, dir) = load_model(layout, key, device.0)?;
             let tokenizer = tokenizer::load(&dir)?;
+            // An adapter was merged into its base on loading: that merged model is the base of
+            // what this run trains, so it is written out for the new adapter to name.
+            let base_dir = if dir.join("adapter_config.json").exists() {
+                let merged = run_dir(layout, run_id).join("base");
+                export::save_full(&model, &merged, &dir)?;
+                merged
+            } else {
+                dir.clone()
+            };
             // A folder is recorded absolute, so that `--resume` finds it from any folder.
             let source = match std::fs::canonicalize(key) {
                 Ok(path) if Path::new(key).exists() => path.display().to_string(),
@@ -255,7 +264,7 @@ async fn prepare(
                 tokenizer,
                 tokenizer_dir: dir.clone(),
                 source,
-                base_dir: Some(dir),
+                base_dir: Some(base_dir),
                 lora: None,
             }
         }

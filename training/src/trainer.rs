@@ -129,8 +129,9 @@ pub fn validate(params: &TrainingConfig, model: &CausalLm) -> Result<()> {
     }
     if params.max_seq_len as i64 > model.config.max_positions {
         return bad(format!(
-            "max_seq_len {} is longer than the model's {} positions",
-            params.max_seq_len, model.config.max_positions
+            "max_seq_len {} is longer than the model's {} positions: pass --max-seq-len {} or \
+             less",
+            params.max_seq_len, model.config.max_positions, model.config.max_positions
         ));
     }
     if !(params.learning_rate > 0.0 && params.learning_rate.is_finite()) {
