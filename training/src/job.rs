@@ -478,6 +478,12 @@ pub async fn resume(
     let record = twin_warehouse::find_run(warehouse.as_ref(), key)
         .await?
         .ok_or_else(|| TrainingError::Invalid(format!("{key}: no such run (twin runs list)")))?;
+    if record.status == "finished" {
+        return Err(TrainingError::Invalid(format!(
+            "run {} is finished: nothing to resume (train again to continue from its model)",
+            record.id
+        )));
+    }
     let info = runs::info(&record)?;
     let dir = run_dir(layout, &record.id);
     let checkpoint = trainer::latest_checkpoint(&dir.join("checkpoints")).ok_or_else(|| {

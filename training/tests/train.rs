@@ -169,6 +169,16 @@ async fn a_run_stopped_and_resumed_follows_the_uninterrupted_curve() {
         .await
         .expect("resumed");
         assert_eq!(resumed.run_id, stopped.run_id);
+        let again = job::resume(
+            &stopped.run_id,
+            &place.layout,
+            place.warehouse.clone(),
+            no_stop(),
+            Box::new(Quiet),
+        )
+        .await
+        .expect_err("a finished run does not resume");
+        assert!(again.to_string().contains("is finished"), "{again}");
         assert_eq!(resumed.outcome.steps, 40);
         let a = losses(place.warehouse.as_ref(), &whole.run_id).await;
         let b = losses(place.warehouse.as_ref(), &resumed.run_id).await;
