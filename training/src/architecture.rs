@@ -152,14 +152,7 @@ pub struct ModelConfig {
 impl ModelConfig {
     /// Read `config.json`.
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|source| TrainingError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let value: Value = serde_json::from_str(&text).map_err(|e| TrainingError::Config {
-            path: path.to_path_buf(),
-            reason: format!("not JSON: {e}"),
-        })?;
+        let value: Value = crate::weights::read_json(path)?;
         Self::from_json(&value).map_err(|reason| TrainingError::Config {
             path: path.to_path_buf(),
             reason,

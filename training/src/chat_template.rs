@@ -123,14 +123,7 @@ impl ChatTemplate {
     /// The template of a checkpoint's `tokenizer_config.json`, or `None` when it has none.
     /// A list of named templates gives the one named `default`.
     pub fn from_tokenizer_config(path: &Path) -> Result<Option<Self>> {
-        let text = std::fs::read_to_string(path).map_err(|source| TrainingError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let config: Value = serde_json::from_str(&text).map_err(|e| TrainingError::Config {
-            path: path.to_path_buf(),
-            reason: format!("not JSON: {e}"),
-        })?;
+        let config: Value = crate::weights::read_json(path)?;
         let source = match config.get("chat_template") {
             None | Some(Value::Null) => return Ok(None),
             Some(Value::String(s)) => s.clone(),
@@ -150,15 +143,7 @@ impl ChatTemplate {
                 })
             }
         };
-        let token = |key: &str| match config.get(key) {
-            Some(Value::String(s)) => s.clone(),
-            Some(Value::Object(o)) => o
-                .get("content")
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_string(),
-            _ => String::new(),
-        };
+        let token = |key: &str| special_token(&config, key).unwrap_or_default();
         Self::new(&source, &token("bos_token"), &token("eos_token"))
             .map(Some)
             .map_err(|e| TrainingError::Config {
@@ -182,6 +167,16 @@ impl ChatTemplate {
                 eos_token => &self.eos_token,
             })
             .map_err(|e| TrainingError::Template(describe(&e)))
+    }
+}
+
+/// A special token of a `tokenizer_config.json` (`"eos_token": "</s>"`, or an object with its
+/// `content`).
+pub(crate) fn special_token(config: &Value, key: &str) -> Option<String> {
+    match config.get(key)? {
+        Value::String(s) => Some(s.clone()),
+        Value::Object(o) => o.get("content").and_then(Value::as_str).map(str::to_string),
+        _ => None,
     }
 }
 

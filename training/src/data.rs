@@ -76,12 +76,16 @@ impl Tokenising<'_> {
 
     /// One sample as tokens; `None` when it is empty.
     pub fn example(&self, sample: &Sample) -> Result<Option<Example>> {
+        self.example_opened(sample, &self.opening()?)
+    }
+
+    /// One sample as tokens, `opening` (what the tokenizer puts first in a text, Llama's BOS)
+    /// before it unless the template wrote it.
+    fn example_opened(&self, sample: &Sample, opening: &[i64]) -> Result<Option<Example>> {
         let (prompt, answer) = self.texts(sample)?;
         let mut prompt = self.encode(&prompt)?;
-        // What the tokenizer puts first in a text (Llama's BOS), unless the template wrote it.
-        let opening = self.opening()?;
-        if !opening.is_empty() && !prompt.starts_with(&opening) {
-            prompt.splice(0..0, opening);
+        if !opening.is_empty() && !prompt.starts_with(opening) {
+            prompt.splice(0..0, opening.iter().copied());
         }
         let answer = self.encode(&answer)?;
         if answer.is_empty() {
@@ -127,8 +131,9 @@ impl Tokenising<'_> {
     pub fn examples(&self, samples: &[(Split, Sample)]) -> Result<Examples> {
         let mut out = Examples::default();
         let mut shortest: Option<usize> = None;
+        let opening = self.opening()?;
         for (split, sample) in samples {
-            let Some(example) = self.example(sample)? else {
+            let Some(example) = self.example_opened(sample, &opening)? else {
                 out.empty += 1;
                 continue;
             };

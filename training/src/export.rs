@@ -11,7 +11,7 @@ use tch::{Device, Tensor};
 
 use crate::architecture::Family;
 use crate::model::{CausalLm, LoraSettings};
-use crate::weights::{self, read_text, write_json};
+use crate::weights::{self, read_json, write_json};
 use crate::{Result, TrainingError};
 
 /// Tokenizer files copied beside a model when its source has them.
@@ -124,11 +124,7 @@ pub struct AdapterConfig {
 /// Read a PEFT adapter folder's `adapter_config.json`.
 pub fn read_adapter_config(dir: &Path) -> Result<AdapterConfig> {
     let path = dir.join("adapter_config.json");
-    let value: Value =
-        serde_json::from_str(&read_text(&path)?).map_err(|e| TrainingError::Config {
-            path: path.clone(),
-            reason: format!("not JSON: {e}"),
-        })?;
+    let value: Value = read_json(&path)?;
     let bad = |reason: &str| TrainingError::Config {
         path: path.clone(),
         reason: reason.into(),
@@ -170,13 +166,19 @@ pub fn read_adapter_config(dir: &Path) -> Result<AdapterConfig> {
     })
 }
 
+/// Put the PEFT adapter at `adapter` on `model` (not merged).
+pub fn apply_adapter(model: &mut CausalLm, adapter: &Path) -> Result<()> {
+    let config = read_adapter_config(adapter)?;
+    model.add_lora(&config.settings)?;
+    model.load_lora(&weights::load(
+        &[adapter.join("adapter_model.safetensors")],
+    )?)
+}
+
 /// The base model at `base` with the adapter at `adapter` applied (not yet merged).
 pub fn load_with_adapter(base: &Path, adapter: &Path, device: Device) -> Result<CausalLm> {
-    let config = read_adapter_config(adapter)?;
     let mut model = CausalLm::load(base, device)?;
-    model.add_lora(&config.settings)?;
-    let tensors = weights::load(&[adapter.join("adapter_model.safetensors")])?;
-    model.load_lora(&tensors)?;
+    apply_adapter(&mut model, adapter)?;
     Ok(model)
 }
 

@@ -93,12 +93,9 @@ pub fn load_model(layout: &DataLayout, key: &str, device: Device) -> Result<(Cau
     }
 }
 
+/// Apply a PEFT adapter and fold it in: what training on from an adapter starts with.
 fn apply_adapter(model: &mut CausalLm, dir: &Path) -> Result<()> {
-    let config = export::read_adapter_config(dir)?;
-    model.add_lora(&config.settings)?;
-    model.load_lora(&crate::weights::load(&[
-        dir.join("adapter_model.safetensors")
-    ])?)?;
+    export::apply_adapter(model, dir)?;
     model.merge_lora();
     Ok(())
 }
@@ -290,6 +287,7 @@ async fn prepare(
     let template = tokenizer::template(
         &prepared.tokenizer_dir,
         &config,
+        &prepared.tokenizer,
         request.template.as_deref(),
     )?;
     trainer::validate(params, &prepared.model)?;

@@ -185,12 +185,18 @@ impl Batch {
     }
 
     /// Rows of `(id, position, segment)`, padded on the right to the longest.
-    pub fn from_tokens(rows: &[Vec<(i64, i64, i64)>], pad: i64, device: Device) -> Batch {
-        let width = rows.iter().map(Vec::len).max().unwrap_or(0).max(1);
+    pub fn from_tokens<R: AsRef<[(i64, i64, i64)]>>(rows: &[R], pad: i64, device: Device) -> Batch {
+        let width = rows
+            .iter()
+            .map(|r| r.as_ref().len())
+            .max()
+            .unwrap_or(0)
+            .max(1);
         let mut ids = Vec::with_capacity(rows.len() * width);
         let mut positions = Vec::with_capacity(rows.len() * width);
         let mut segments = Vec::with_capacity(rows.len() * width);
         for row in rows {
+            let row = row.as_ref();
             for i in 0..width {
                 let (id, position, segment) = row.get(i).copied().unwrap_or((pad, 0, 0));
                 ids.push(id);

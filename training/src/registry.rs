@@ -122,13 +122,7 @@ fn versions(folder: &Path) -> Vec<u32> {
 fn entry(root: &Path, name: &str, version: u32) -> Result<Entry> {
     let dir = root.join(name).join(format!("v{version}"));
     let path = dir.join("lineage.json");
-    let lineage: Lineage =
-        serde_json::from_str(&crate::weights::read_text(&path)?).map_err(|e| {
-            TrainingError::Config {
-                path: path.clone(),
-                reason: e.to_string(),
-            }
-        })?;
+    let lineage: Lineage = crate::weights::read_json(&path)?;
     Ok(Entry {
         name: name.into(),
         version,

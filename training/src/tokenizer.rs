@@ -32,9 +32,30 @@ pub fn load(dir: &Path) -> Result<Tokenizer> {
 
 /// The chat template to train with: `name` (a built-in) if given, else the checkpoint's own
 /// (`tokenizer_config.json`), else ChatML for Qwen2 and Alpaca for the rest.
-pub fn template(dir: &Path, config: &ModelConfig, name: Option<&str>) -> Result<ChatTemplate> {
-    let eos = special(dir, config, "eos_token").unwrap_or_else(|| END_OF_TEXT.into());
-    let bos = special(dir, config, "bos_token").unwrap_or_default();
+pub fn template(
+    dir: &Path,
+    config: &ModelConfig,
+    tokenizer: &Tokenizer,
+    name: Option<&str>,
+) -> Result<ChatTemplate> {
+    let path = dir.join("tokenizer_config.json");
+    let tokenizer_config: Option<serde_json::Value> = std::fs::read_to_string(&path)
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok());
+    let eos = special(
+        tokenizer_config.as_ref(),
+        tokenizer,
+        config.eos_token_id,
+        "eos_token",
+    )
+    .unwrap_or_else(|| END_OF_TEXT.into());
+    let bos = special(
+        tokenizer_config.as_ref(),
+        tokenizer,
+        config.bos_token_id,
+        "bos_token",
+    )
+    .unwrap_or_default();
     if let Some(name) = name {
         let builtin = Builtin::parse(name).ok_or_else(|| {
             TrainingError::Invalid(format!(
@@ -43,7 +64,6 @@ pub fn template(dir: &Path, config: &ModelConfig, name: Option<&str>) -> Result<
         })?;
         return Ok(ChatTemplate::builtin(builtin, &bos, &eos));
     }
-    let path = dir.join("tokenizer_config.json");
     if path.exists() {
         if let Some(template) = ChatTemplate::from_tokenizer_config(&path)? {
             return Ok(template);
@@ -57,27 +77,15 @@ pub fn template(dir: &Path, config: &ModelConfig, name: Option<&str>) -> Result<
 }
 
 /// A special token's text: from `tokenizer_config.json`, else the config's id decoded.
-fn special(dir: &Path, config: &ModelConfig, key: &str) -> Option<String> {
-    let text = std::fs::read_to_string(dir.join("tokenizer_config.json")).ok();
-    let value: Option<serde_json::Value> = text.and_then(|t| serde_json::from_str(&t).ok());
-    if let Some(v) = value.as_ref().and_then(|v| v.get(key)) {
-        match v {
-            serde_json::Value::String(s) => return Some(s.clone()),
-            serde_json::Value::Object(o) => {
-                return o
-                    .get("content")
-                    .and_then(|c| c.as_str())
-                    .map(str::to_string)
-            }
-            _ => {}
-        }
-    }
-    let id = if key == "eos_token" {
-        config.eos_token_id
-    } else {
-        config.bos_token_id
-    }?;
-    load(dir).ok()?.id_to_token(id as u32)
+fn special(
+    tokenizer_config: Option<&serde_json::Value>,
+    tokenizer: &Tokenizer,
+    id: Option<i64>,
+    key: &str,
+) -> Option<String> {
+    tokenizer_config
+        .and_then(|c| crate::chat_template::special_token(c, key))
+        .or_else(|| tokenizer.id_to_token(id? as u32))
 }
 
 /// Train a byte-level BPE tokenizer of at most `vocab_size` tokens on `texts`, with

@@ -197,11 +197,19 @@ pub fn train(
         last_eval: None,
         checkpoint: None,
     };
-    let micro_rows = |global: u64| -> Vec<&Row> {
+    // The row order of the current epoch, drawn once per epoch.
+    let mut order: (u64, Vec<usize>) = (0, data::epoch_order(train_rows.len(), params.seed, 0));
+    let mut micro_rows = |global: u64| -> Vec<&Row> {
         let epoch = global / plan.micro_batches_per_epoch;
         let within = (global % plan.micro_batches_per_epoch) as usize;
-        let order = data::epoch_order(train_rows.len(), params.seed, epoch);
+        if order.0 != epoch {
+            order = (
+                epoch,
+                data::epoch_order(train_rows.len(), params.seed, epoch),
+            );
+        }
         order
+            .1
             .iter()
             .skip(within * batch)
             .take(batch)
@@ -292,7 +300,7 @@ fn summed_loss(
     device: tch::Device,
     train: bool,
 ) -> Option<Tensor> {
-    let tokens: Vec<Vec<(i64, i64, i64)>> = rows.iter().map(|r| r.tokens.clone()).collect();
+    let tokens: Vec<&[(i64, i64, i64)]> = rows.iter().map(|r| r.tokens.as_slice()).collect();
     let batch = Batch::from_tokens(&tokens, pad, device);
     let width = batch.ids.size()[1] as usize;
     let mut positions = Vec::new();
@@ -374,13 +382,7 @@ fn load_checkpoint(
     adamw: &mut AdamW,
 ) -> Result<CheckpointState> {
     let state_path = dir.join("state.json");
-    let state: CheckpointState =
-        serde_json::from_str(&weights::read_text(&state_path)?).map_err(|e| {
-            TrainingError::Config {
-                path: state_path.clone(),
-                reason: e.to_string(),
-            }
-        })?;
+    let state: CheckpointState = weights::read_json(&state_path)?;
     let saved = weights::load(&[dir.join("trainable.safetensors")])?;
     let moments = weights::load(&[dir.join("optimizer.safetensors")])?;
     let _guard = tch::no_grad_guard();
@@ -417,12 +419,4 @@ pub fn latest_checkpoint(checkpoints: &Path) -> Option<PathBuf> {
         .collect();
     found.sort();
     found.pop()
-}
-
-/// The model's total loss on one row (for tests that compare with a reference library).
-pub fn row_loss(model: &CausalLm, row: &Row, pad: i64) -> f64 {
-    let _guard = tch::no_grad_guard();
-    summed_loss(model, &[row], pad, model.device(), false)
-        .map(|s| s.double_value(&[]) / row.target_count().max(1) as f64)
-        .unwrap_or(0.0)
 }

@@ -18,12 +18,7 @@ pub type Weights = BTreeMap<String, Tensor>;
 pub fn checkpoint_files(dir: &Path) -> Result<Vec<PathBuf>> {
     let index = dir.join("model.safetensors.index.json");
     if index.exists() {
-        let text = read_text(&index)?;
-        let value: serde_json::Value =
-            serde_json::from_str(&text).map_err(|e| TrainingError::Config {
-                path: index.clone(),
-                reason: format!("not JSON: {e}"),
-            })?;
+        let value: serde_json::Value = read_json(&index)?;
         let map = value
             .get("weight_map")
             .and_then(|m| m.as_object())
@@ -145,6 +140,14 @@ pub(crate) fn read_text(path: &Path) -> Result<String> {
     std::fs::read_to_string(path).map_err(|source| TrainingError::Io {
         path: path.to_path_buf(),
         source,
+    })
+}
+
+/// A JSON file, parsed into `T`; the error names the file.
+pub(crate) fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
+    serde_json::from_str(&read_text(path)?).map_err(|e| TrainingError::Config {
+        path: path.to_path_buf(),
+        reason: format!("not JSON of the expected shape: {e}"),
     })
 }
 
