@@ -6,6 +6,7 @@
 #   scripts/bench.sh crawl    crawl throughput, 1,000 local article pages (PAGES, CONCURRENCY)
 #   scripts/bench.sh datasets offline dataset build time, 76 and 760 documents
 #   scripts/bench.sh train    training tokens/s against transformers, full and LoRA [-- --steps N]
+#   scripts/bench.sh generate generation tokens/s against transformers, 1/4/16 concurrent [-- --tokens N]
 # Extra arguments after the name go to the benchmark.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -38,4 +39,7 @@ if [ "$which" = datasets ] || [ "$which" = all ]; then
 fi
 if [ "$which" = train ] || [ "$which" = all ]; then
   cargo bench --locked -p twin-training --bench train_throughput -- "$@"
+fi
+if [ "$which" = generate ] || [ "$which" = all ]; then
+  cargo bench --locked -p twin-serving --bench generate_throughput -- "$@"
 fi

@@ -95,22 +95,24 @@ if [ ! -x /usr/sbin/clickhouse-server ]; then
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq clickhouse-server clickhouse-client >/dev/null
 fi
 
-# The Python reference environment of the training interop tests and benchmark: Debian's
-# python3-torch (the same libtorch as ours) with transformers and PEFT from PyPI. PEFT and
-# accelerate go in without their dependencies: theirs would pull a 5 GB torch 2.x from PyPI
-# beside Debian's.
+# The Python reference environment of the interop tests and benchmarks: Debian's python3-torch
+# (the same libtorch as ours) with transformers and PEFT from PyPI, and Optimum on ONNX Runtime
+# (1.18 is the first Optimum that runs Qwen2). PEFT and accelerate go in without their
+# dependencies: theirs would pull a 5 GB torch 2.x from PyPI beside Debian's. numpy stays
+# below 2, which Debian's torch was built against.
 TORCH_VENV="$CACHE/torch-venv"
-TORCH_VENV_STAMP="$TORCH_VENV/.twin-transformers-4.37.2-peft-0.8.2"
+TORCH_VENV_STAMP="$TORCH_VENV/.twin-transformers-4.37.2-peft-0.8.2-optimum-1.18.1"
 if [ ! -f "$TORCH_VENV_STAMP" ]; then
   apt_install python3-torch python3-venv
-  say "making the Python reference environment (transformers 4.37.2, peft 0.8.2)"
+  say "making the Python reference environment (transformers 4.37.2, peft 0.8.2, optimum 1.18.1)"
   rm -rf "$TORCH_VENV"
   /usr/bin/python3 -m venv --system-site-packages "$TORCH_VENV"
   "$TORCH_VENV/bin/pip" install --quiet --disable-pip-version-check \
-    "transformers==4.37.2" "numpy<2" safetensors psutil pyyaml
+    "transformers==4.37.2" "numpy<2" safetensors psutil pyyaml \
+    "optimum==1.18.1" "onnxruntime==$ORT_VERSION" onnx
   "$TORCH_VENV/bin/pip" install --quiet --disable-pip-version-check --no-deps \
     "peft==0.8.2" "accelerate==0.26.1"
-  "$TORCH_VENV/bin/python" -c "import torch, transformers, peft" 2>/dev/null
+  "$TORCH_VENV/bin/python" -c "import torch, transformers, peft; from optimum.onnxruntime import ORTModelForCausalLM" 2>/dev/null
   touch "$TORCH_VENV_STAMP"
 fi
 

@@ -10,6 +10,7 @@
 //! on a signal, serving metrics).
 
 mod dataset;
+mod generate;
 mod ingest;
 mod log;
 mod models;
@@ -105,6 +106,9 @@ enum Command {
         #[command(subcommand)]
         command: RunsCommand,
     },
+    /// Generate text from a model on ONNX Runtime and stream it to the terminal, for a quick
+    /// try (a registry model or checkpoint is exported to ONNX on first use).
+    Generate(Box<GenerateArgs>),
     /// Serve retrieval-augmented generation over HTTP (not built yet).
     Serve,
     /// Inspect the configuration.
@@ -165,6 +169,19 @@ pub enum ModelsCommand {
         /// `name` (its newest version) or `name@vN`.
         model: String,
     },
+    /// Export a trained model (Llama, Mistral, Qwen2, GPT-2; a LoRA adapter merged first) to
+    /// ONNX with a key/value cache, in Hugging Face Optimum's layout, for generation on ONNX
+    /// Runtime.
+    ExportLlm {
+        /// `name[@vN]` of the registry, a Hugging Face checkpoint folder or a PEFT adapter folder.
+        model: String,
+        /// Where to write the folder [default: `onnx/` inside the model's folder].
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+        /// Keep the weights in `model.onnx_data` beside the graph (always done above 1 GB).
+        #[arg(long)]
+        external_data: bool,
+    },
     /// Fold a LoRA adapter into its base model and write a full checkpoint.
     Merge {
         /// The adapter: a folder or `name[@vN]` of the registry.
@@ -179,6 +196,45 @@ pub enum ModelsCommand {
         #[arg(long, value_name = "NAME")]
         register: Option<String>,
     },
+}
+
+/// `twin generate` options.
+#[derive(Debug, clap::Args)]
+pub struct GenerateArgs {
+    /// An exported folder (`model.onnx`), a checkpoint folder, or `name[@vN]` of the registry.
+    pub model: String,
+    /// The text to continue (with `--chat`, the user's message).
+    pub prompt: String,
+    /// Send the prompt as a user's turn through the model's chat template.
+    #[arg(long)]
+    pub chat: bool,
+    /// A system message before the user's (implies `--chat`).
+    #[arg(long)]
+    pub system: Option<String>,
+    /// Most tokens to generate [default: 256, or what the context leaves].
+    #[arg(long, allow_negative_numbers = true)]
+    pub max_tokens: Option<usize>,
+    /// Softmax temperature; 0 is greedy [default: 1].
+    #[arg(long, allow_negative_numbers = true)]
+    pub temperature: Option<f32>,
+    /// Keep the k most likely tokens (0: all).
+    #[arg(long, allow_negative_numbers = true)]
+    pub top_k: Option<usize>,
+    /// Keep the most likely tokens up to this probability mass [default: 1].
+    #[arg(long, allow_negative_numbers = true)]
+    pub top_p: Option<f32>,
+    /// Penalise tokens already in the text (1: off).
+    #[arg(long, allow_negative_numbers = true)]
+    pub repetition_penalty: Option<f32>,
+    /// Seed of the draws: the same seed gives the same text.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Stop before this text (repeatable).
+    #[arg(long)]
+    pub stop: Vec<String>,
+    /// `text` (the text streamed) or `json` (the completion, once done).
+    #[arg(long, default_value = "text")]
+    pub format: String,
 }
 
 /// `twin train` options (each also a `[training]` setting).
@@ -558,6 +614,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Dataset { command } => dataset::dataset(&config, command).await,
         Command::Train(args) => train::train(&config, *args).await,
         Command::Runs { command } => train::runs(&config, command).await,
+        Command::Generate(args) => generate::generate(&config, *args).await,
         Command::Serve => not_built("serve", "a serving issue"),
     }
 }

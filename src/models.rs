@@ -136,6 +136,15 @@ pub async fn models(config: &TwinConfig, command: ModelsCommand) -> Result<ExitC
             files.sort();
             println!("files: {}", files.join(", "));
         }
+        ModelsCommand::ExportLlm {
+            model,
+            out,
+            external_data,
+        } => {
+            let summary =
+                crate::generate::export_llm(&config.layout(), &model, out, external_data)?;
+            crate::generate::print_export(&model, &summary);
+        }
         ModelsCommand::Merge {
             adapter,
             base,

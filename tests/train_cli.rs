@@ -332,3 +332,117 @@ fn ctrl_c_stops_training_with_a_checkpoint_to_resume_from() {
     let saved: Vec<_> = std::fs::read_dir(&checkpoints).unwrap().collect();
     assert_eq!(saved.len(), 1, "one checkpoint, saved on Ctrl-C");
 }
+
+#[test]
+fn export_and_generate_with_a_registered_lora_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    samples(d);
+    let llama = checkpoint("llama");
+    let mut args = vec![
+        "train",
+        "--dataset",
+        "samples/train.jsonl",
+        "--model",
+        llama.to_str().unwrap(),
+        "--max-steps",
+        "3",
+        "--register-as",
+        "tiny",
+    ];
+    args.extend(SHORT);
+    twin(d, &args);
+    let generate = |model: &str| {
+        let args = [
+            "generate",
+            model,
+            "The log is",
+            "--max-tokens",
+            "6",
+            "--temperature",
+            "0.7",
+            "--seed",
+            "11",
+            "--format",
+            "json",
+        ];
+        let out = twin(d, &args);
+        let done: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+        (done, String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    // The adapter is merged and exported on first use, then reused.
+    let (first, stderr) = generate("tiny");
+    assert!(stderr.contains("exporting tiny to ONNX"), "{stderr}");
+    assert!(d.join("data/registry/tiny/v1/onnx/model.onnx").exists());
+    let tokens = first["completion_tokens"].as_u64().unwrap();
+    assert!((1..=6).contains(&tokens), "{first}");
+    assert_eq!(first["seed"], 11);
+    let (second, stderr) = generate("tiny");
+    assert!(!stderr.contains("exporting"), "{stderr}");
+    assert_eq!(first, second, "the same seed gives the same text");
+    // An explicit export, weights in an external data file, gives the same model.
+    let out = twin(
+        d,
+        &[
+            "models",
+            "export-llm",
+            "tiny",
+            "--out",
+            "exported",
+            "--external-data",
+        ],
+    );
+    assert!(stdout(&out).contains("model.onnx_data"), "{}", stdout(&out));
+    for file in [
+        "model.onnx",
+        "model.onnx_data",
+        "config.json",
+        "generation_config.json",
+        "tokenizer.json",
+    ] {
+        assert!(d.join("exported").join(file).exists(), "{file}");
+    }
+    let (exported, _) = generate("exported");
+    assert_eq!(exported["token_ids"], first["token_ids"]);
+    // Text output streams to stdout.
+    let out = twin(
+        d,
+        &[
+            "generate",
+            "tiny",
+            "Hello",
+            "--max-tokens",
+            "3",
+            "--temperature",
+            "0",
+        ],
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("finish"));
+
+    // Bad input: a clear error, a non-zero exit, nothing else.
+    let fails = |args: &[&str], expected: &str| {
+        let out = twin_command(d, args).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+    };
+    fails(&["generate", "nosuch", "hi"], "unknown model `nosuch`");
+    fails(
+        &["models", "export-llm", "nosuch"],
+        "unknown model `nosuch`",
+    );
+    fails(
+        &["generate", "tiny", "hi", "--temperature", "-1"],
+        "invalid `temperature`",
+    );
+    fails(
+        &["generate", "tiny", "hi", "--top-p", "1.5"],
+        "invalid `top_p`",
+    );
+    fails(
+        &["generate", "tiny", "hi", "--max-tokens", "1000"],
+        "context is 256 tokens",
+    );
+    let long = "word ".repeat(400);
+    fails(&["generate", "tiny", &long], "context is 256 tokens");
+}

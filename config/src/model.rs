@@ -38,6 +38,8 @@ pub struct TwinConfig {
     pub datasets: DatasetsConfig,
     /// How `twin train` fine-tunes (every value also a `twin train` option).
     pub training: TrainingConfig,
+    /// How the generation engine batches (`twin generate`, `twin serve`).
+    pub generation: GenerationConfig,
 }
 
 impl Default for TwinConfig {
@@ -56,6 +58,7 @@ impl Default for TwinConfig {
             ingest: IngestConfig::default(),
             datasets: DatasetsConfig::default(),
             training: TrainingConfig::default(),
+            generation: GenerationConfig::default(),
         }
     }
 }
@@ -889,6 +892,29 @@ impl Default for TrainingConfig {
             device: "auto".into(),
             precision: "auto".into(),
             lora: LoraConfig::default(),
+        }
+    }
+}
+
+/// The generation engine (`[generation]`): how many requests share a decode step.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GenerationConfig {
+    /// Most sequences decoded together.
+    pub max_batch_size: usize,
+    /// Most tokens (prompt plus tokens asked for, summed over the running requests) in the
+    /// batch's key/value cache; a request waits until it fits.
+    pub max_batch_tokens: usize,
+    /// ONNX Runtime threads per operator (0: one per core).
+    pub threads: usize,
+}
+
+impl Default for GenerationConfig {
+    fn default() -> Self {
+        Self {
+            max_batch_size: 16,
+            max_batch_tokens: 32_768,
+            threads: 0,
         }
     }
 }

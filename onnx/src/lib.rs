@@ -1,5 +1,5 @@
 //! ONNX for the LLM twin platform, shared by every model that runs on ONNX Runtime (the
-//! embedder today, the generator next):
+//! embedder and the generation engine):
 //!
 //! - [`runtime`]: the process-wide ONNX Runtime environment, loaded once from its shared
 //!   library, and where that library is found (`ORT_DYLIB_PATH`, else the tool cache);

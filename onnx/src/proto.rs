@@ -1,5 +1,6 @@
-//! The part of the ONNX format (`onnx.proto`, IR version 8) that an exported encoder needs, as
-//! prost messages, and a small builder for graphs of standard operators.
+//! The part of the ONNX format (`onnx.proto`, IR version 8) that our exports need (the BERT
+//! encoder, the decoders with a key/value cache), as prost messages, and a small builder for
+//! graphs of standard operators, with external data for weights over protobuf's 2 GB.
 //!
 //! Field numbers follow `onnx/onnx.proto`. Only the fields written here are declared: protobuf
 //! readers ignore what they do not know, and ONNX Runtime reads exactly these.
@@ -10,6 +11,8 @@ use prost::Message;
 pub const FLOAT: i32 = 1;
 /// `TensorProto.DataType.INT64`.
 pub const INT64: i32 = 7;
+/// `TensorProto.DataType.BOOL`.
+pub const BOOL: i32 = 9;
 
 /// A whole model.
 #[derive(Clone, PartialEq, Message)]
@@ -137,6 +140,12 @@ pub struct TensorProto {
     /// Raw little-endian data.
     #[prost(bytes = "vec", tag = "9")]
     pub raw_data: Vec<u8>,
+    /// Where the data lives when it is not in `raw_data`: `location`, `offset`, `length`.
+    #[prost(message, repeated, tag = "13")]
+    pub external_data: Vec<StringStringEntryProto>,
+    /// 0: in this message; 1: in an external file.
+    #[prost(int32, tag = "14")]
+    pub data_location: i32,
 }
 
 /// Name and type of a graph input or output.
@@ -194,7 +203,51 @@ pub struct GraphBuilder {
     /// The graph so far.
     pub graph: GraphProto,
     counter: usize,
+    external: Option<ExternalData>,
 }
+
+/// Weights written to a file beside the model as they are added, so that a graph over 2 GB (the
+/// protobuf limit) can be written, and without holding the weights twice in memory.
+struct ExternalData {
+    file: std::io::BufWriter<std::fs::File>,
+    /// The file's name, relative to the model's folder.
+    location: String,
+    offset: u64,
+    /// The first write that failed, reported when the model is finished.
+    failed: Option<std::io::Error>,
+}
+
+impl ExternalData {
+    /// Move `tensor`'s data to the end of the file (aligned) and point the tensor at it.
+    fn append(&mut self, tensor: &mut TensorProto) -> std::io::Result<()> {
+        use std::io::Write;
+        if self.failed.is_some() {
+            return Ok(());
+        }
+        let padding = self.offset.next_multiple_of(EXTERNAL_ALIGNMENT) - self.offset;
+        self.file.write_all(&vec![0u8; padding as usize])?;
+        self.offset += padding;
+        let data = std::mem::take(&mut tensor.raw_data);
+        self.file.write_all(&data)?;
+        let entry = |key: &str, value: String| StringStringEntryProto {
+            key: key.into(),
+            value,
+        };
+        tensor.external_data = vec![
+            entry("location", self.location.clone()),
+            entry("offset", self.offset.to_string()),
+            entry("length", data.len().to_string()),
+        ];
+        tensor.data_location = 1;
+        self.offset += data.len() as u64;
+        Ok(())
+    }
+}
+
+/// Tensors smaller than this stay inside the model file, as ONNX's own converter does.
+const EXTERNAL_THRESHOLD: usize = 1024;
+/// Offsets of external tensors are aligned so that ONNX Runtime can map them.
+const EXTERNAL_ALIGNMENT: u64 = 4096;
 
 /// A dimension of a declared input or output.
 pub enum Dim {
@@ -205,6 +258,25 @@ pub enum Dim {
 }
 
 impl GraphBuilder {
+    /// A builder that writes every initializer of 1 KB or more into `path` (the model's external
+    /// data file, named in the model relative to its folder).
+    pub fn with_external_data(path: &std::path::Path) -> std::io::Result<Self> {
+        let location = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .ok_or_else(|| std::io::Error::other("the external data file needs a UTF-8 name"))?
+            .to_string();
+        Ok(Self {
+            external: Some(ExternalData {
+                file: std::io::BufWriter::new(std::fs::File::create(path)?),
+                location,
+                offset: 0,
+                failed: None,
+            }),
+            ..Self::default()
+        })
+    }
+
     /// Declare a graph input.
     pub fn input(&mut self, name: &str, elem_type: i32, dims: &[Dim]) -> String {
         self.graph.input.push(value_info(name, elem_type, dims));
@@ -229,6 +301,20 @@ impl GraphBuilder {
         self.initializer(name, dims, INT64, raw)
     }
 
+    /// Add a float constant under a generated name.
+    pub fn constant_f32(&mut self, dims: &[i64], data: &[f32]) -> String {
+        self.counter += 1;
+        let name = format!("const_f32_{}", self.counter);
+        self.f32s(&name, dims, data)
+    }
+
+    /// Add an int64 constant under a generated name.
+    pub fn constant_i64(&mut self, dims: &[i64], data: &[i64]) -> String {
+        self.counter += 1;
+        let name = format!("const_i64_{}", self.counter);
+        self.i64s(&name, dims, data)
+    }
+
     fn initializer(
         &mut self,
         name: &str,
@@ -236,12 +322,62 @@ impl GraphBuilder {
         data_type: i32,
         raw_data: Vec<u8>,
     ) -> String {
-        self.graph.initializer.push(TensorProto {
+        let mut tensor = TensorProto {
             dims: dims.to_vec(),
             data_type,
             name: name.to_string(),
             raw_data,
+            ..Default::default()
+        };
+        if let Some(external) = &mut self.external {
+            if tensor.raw_data.len() >= EXTERNAL_THRESHOLD {
+                if let Err(e) = external.append(&mut tensor) {
+                    // Reported by `finish_external`, which must not write a model whose data is
+                    // incomplete.
+                    external.failed.get_or_insert(e);
+                }
+            }
+        }
+        self.graph.initializer.push(tensor);
+        name.to_string()
+    }
+
+    /// Add a node with `outputs` outputs (e.g. `Split`); returns their generated names.
+    pub fn node_outputs(
+        &mut self,
+        op: &str,
+        inputs: &[&str],
+        attribute: Vec<AttributeProto>,
+        outputs: usize,
+    ) -> Vec<String> {
+        self.counter += 1;
+        let names: Vec<String> = (0..outputs)
+            .map(|i| format!("{}_{}_{i}", op.to_ascii_lowercase(), self.counter))
+            .collect();
+        self.graph.node.push(NodeProto {
+            input: inputs.iter().map(|s| s.to_string()).collect(),
+            output: names.clone(),
+            name: format!("node_{}", self.graph.node.len()),
+            op_type: op.to_string(),
+            domain: String::new(),
+            attribute,
         });
+        names
+    }
+
+    /// Add a node whose one output is the graph output `name` (no copy through `Identity`);
+    /// returns `name`, to be used as a value too.
+    pub fn node_as_output(
+        &mut self,
+        op: &str,
+        inputs: &[&str],
+        attributes: Vec<AttributeProto>,
+        name: &str,
+        elem_type: i32,
+        dims: &[Dim],
+    ) -> String {
+        self.node_named(op, inputs, attributes, name);
+        self.graph.output.push(value_info(name, elem_type, dims));
         name.to_string()
     }
 
@@ -268,6 +404,26 @@ impl GraphBuilder {
             domain: String::new(),
             attribute,
         });
+    }
+
+    /// Like [`finish`](Self::finish), for a builder made by
+    /// [`with_external_data`](Self::with_external_data): flushes the data file first, and fails
+    /// if any write to it failed.
+    pub fn finish_external(
+        mut self,
+        opset: i64,
+        doc: &str,
+        metadata: &[(&str, String)],
+    ) -> std::io::Result<Vec<u8>> {
+        if let Some(mut external) = self.external.take() {
+            use std::io::Write;
+            if let Some(e) = external.failed.take() {
+                return Err(e);
+            }
+            external.file.flush()?;
+            external.file.get_ref().sync_all()?;
+        }
+        Ok(self.finish(opset, doc, metadata))
     }
 
     /// A whole model around the graph, for opset `opset`.

@@ -1,3 +1,90 @@
-//! Serving: retrieval-augmented generation over HTTP on ONNX Runtime.
+//! Serving: generation on ONNX Runtime from models exported by `twin models export-llm`.
 //!
-//! Not built yet: `twin serve` says so and exits non-zero.
+//! - [`model`]: an exported model folder: its session, tokenizer, chat template, cache shape and
+//!   context length, and one forward pass over a batch.
+//! - [`sampling`]: the request's parameters (checked) and the choice of the next token: greedy,
+//!   or temperature, top-k, top-p and repetition penalty with a seeded generator.
+//! - [`text`]: tokens to text as they come, never half a character, with stop sequences.
+//! - [`engine`]: one engine per model: a scheduler thread that batches the decode steps of all
+//!   running requests (continuous batching) and streams their tokens.
+
+pub mod engine;
+pub mod model;
+pub mod sampling;
+pub mod text;
+
+use std::path::PathBuf;
+
+pub use engine::{
+    Completion, Engine, EngineOptions, EngineStats, Event, FinishReason, Generation,
+    GenerationRequest, Prompt,
+};
+pub use model::ModelInfo;
+pub use sampling::SamplingParams;
+
+/// What can go wrong in generation.
+#[derive(Debug, thiserror::Error)]
+pub enum ServingError {
+    /// A model folder is not what it should be.
+    #[error("{path}: {reason}")]
+    Model {
+        /// The file or folder.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A request parameter makes no sense.
+    #[error("invalid `{name}`: {reason}")]
+    InvalidParameter {
+        /// The parameter.
+        name: String,
+        /// Why.
+        reason: String,
+    },
+    /// The prompt and the tokens asked for do not fit the model's context.
+    #[error(
+        "this model's context is {context} tokens, but {} were asked for ({prompt} in the \
+         prompt, {max_tokens} to generate): shorten the prompt or ask for fewer tokens",
+        prompt + max_tokens
+    )]
+    ContextLength {
+        /// Tokens in the prompt.
+        prompt: usize,
+        /// Tokens asked for.
+        max_tokens: usize,
+        /// The model's context length.
+        context: usize,
+    },
+    /// The request alone needs more tokens than a whole batch may hold.
+    #[error(
+        "the request needs {needed} tokens of cache, more than the engine's whole batch budget \
+         of {budget} (max_batch_tokens)"
+    )]
+    OverBudget {
+        /// Prompt plus tokens to generate.
+        needed: usize,
+        /// The engine's budget.
+        budget: usize,
+    },
+    /// The prompt gives no token.
+    #[error("the prompt is empty")]
+    EmptyPrompt,
+    /// The engine has stopped (its model failed to run, or it was shut down).
+    #[error("the generation engine has stopped")]
+    Stopped,
+    /// The chat template or tokenizer failed.
+    #[error(transparent)]
+    Chat(#[from] twin_chat::ChatError),
+    /// ONNX Runtime could not be loaded.
+    #[error(transparent)]
+    Onnx(#[from] twin_onnx::OnnxError),
+    /// ONNX Runtime failed.
+    #[error("ONNX Runtime: {0}")]
+    Runtime(String),
+}
+
+impl From<ort::Error> for ServingError {
+    fn from(e: ort::Error) -> Self {
+        ServingError::Runtime(e.to_string())
+    }
+}

@@ -9,7 +9,6 @@
 //!   -- --steps N                      measured steps per case (default 10, after 3 warm-up)
 
 use std::collections::BTreeMap;
-use std::process::Command;
 use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
@@ -151,25 +150,15 @@ print(json.dumps({"tokens_per_second": rates[len(rates) // 2], "torch": torch.__
 
 fn transformers(method: &str, warmup: usize, steps: usize) -> Option<f64> {
     let python = twin_testkit::python::torch_python()?;
-    let out = Command::new(python)
-        .args(["-c", PYTHON])
-        .arg(config_json().to_string())
-        .arg(method)
-        .arg(serde_json::to_string(&rows(BATCH * (warmup + steps))).unwrap_or_default())
-        .arg(warmup.to_string())
-        .arg(steps.to_string())
-        .arg(tch::get_num_threads().to_string())
-        .output()
-        .ok()?;
-    if !out.status.success() {
-        eprintln!(
-            "transformers failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        return None;
-    }
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
-    v["tokens_per_second"].as_f64()
+    let args = [
+        config_json().to_string(),
+        method.to_string(),
+        serde_json::to_string(&rows(BATCH * (warmup + steps))).unwrap_or_default(),
+        warmup.to_string(),
+        steps.to_string(),
+        tch::get_num_threads().to_string(),
+    ];
+    twin_testkit::python::run_json(&python, PYTHON, &args)?["tokens_per_second"].as_f64()
 }
 
 /// fp32 GEMM GFLOP/s of 1024^3 matmuls on this libtorch: the machine's measured peak.

@@ -11,6 +11,10 @@ use serde_json::{json, Map, Value};
 
 use crate::{Result, TrainingError};
 
+/// The demo's model (`configs/demo-llama.json`): a Llama of 4 layers, hidden 256 and a 4,096-token
+/// vocabulary (about 3 M parameters), small enough to train from scratch in minutes on two cores.
+pub const DEMO_CONFIG: &str = include_str!("../configs/demo-llama.json");
+
 /// The model families we build.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Family {

@@ -6,8 +6,8 @@
 use tokenizers::Tokenizer;
 use twin_datasets::{Sample, Split};
 
-use crate::chat_template::{ChatTemplate, Message};
 use crate::{Result, TrainingError};
+use twin_chat::{ChatTemplate, Message};
 
 /// One sample as tokens.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -101,21 +101,8 @@ impl Tokenising<'_> {
 
     /// The special tokens the tokenizer's post-processor puts before a text.
     fn opening(&self) -> Result<Vec<i64>> {
-        let with = self
-            .tokenizer
-            .encode("a", true)
-            .map_err(|e| TrainingError::Tokenizer(e.to_string()))?;
-        let without = self.encode("a")?;
-        let with: Vec<i64> = with.get_ids().iter().map(|i| *i as i64).collect();
-        if without.is_empty() {
-            return Ok(Vec::new());
-        }
-        Ok(
-            match with.windows(without.len()).position(|w| w == without) {
-                Some(at) => with[..at].to_vec(),
-                None => Vec::new(),
-            },
-        )
+        let ids = twin_chat::checkpoint::opening_tokens(self.tokenizer)?;
+        Ok(ids.into_iter().map(i64::from).collect())
     }
 
     fn encode(&self, text: &str) -> Result<Vec<i64>> {

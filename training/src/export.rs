@@ -52,6 +52,12 @@ pub fn save_full(model: &CausalLm, dir: &Path, tokenizer_from: &Path) -> Result<
         .collect();
     let metadata = [("format".to_string(), "pt".to_string())].into();
     weights::save(&dir.join("model.safetensors"), &params, Some(metadata))?;
+    write_configs(model, dir)?;
+    copy_tokenizer(tokenizer_from, dir)
+}
+
+/// Write `config.json` and `generation_config.json` of `model` into `dir`.
+pub fn write_configs(model: &CausalLm, dir: &Path) -> Result<()> {
     write_json(&dir.join("config.json"), &model.config.to_json())?;
     let mut generation = serde_json::Map::new();
     if let Some(bos) = model.config.bos_token_id {
@@ -64,8 +70,7 @@ pub fn save_full(model: &CausalLm, dir: &Path, tokenizer_from: &Path) -> Result<
     write_json(
         &dir.join("generation_config.json"),
         &Value::Object(generation),
-    )?;
-    copy_tokenizer(tokenizer_from, dir)
+    )
 }
 
 /// Write `model`'s LoRA matrices as a PEFT adapter of `base` into `dir`.

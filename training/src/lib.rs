@@ -5,24 +5,24 @@
 //! - [`architecture`]: a checkpoint's `config.json` read into what the model code needs.
 //! - [`weights`]: safetensors files (single or sharded) by Hugging Face parameter name.
 //! - [`model`]: the decoders (Llama, Mistral, Qwen2 share one; GPT-2), LoRA, packed batches.
-//! - [`chat_template`]: a checkpoint's chat template rendered with a Jinja engine, as
-//!   text-generation-inference does; built-in Alpaca, ChatML and Llama-3.
 //! - [`tokenizer`]: `tokenizer.json`, the template to train with, and byte-level BPE training
 //!   for a model that starts from scratch.
 //! - [`data`]: samples to tokens (answer tokens marked), packing, the seeded order of rows.
 //! - [`optim`]: AdamW, warm-up and decay, gradient clipping.
 //! - [`trainer`]: the loop: accumulation, evaluation, checkpoints, resume, early stop.
 //! - [`export`]: outputs in the Hugging Face layout (full model, PEFT adapter) and merging.
+//! - [`onnx_export`]: the model as an ONNX graph with a key/value cache (Optimum's layout), for
+//!   generation on ONNX Runtime.
 //! - [`runs`]: run records and metrics in the warehouse; comparison tables and loss plots.
 //! - [`registry`]: trained models by `name@vN`, with their lineage.
 //! - [`job`]: `twin train` end to end.
 
 pub mod architecture;
-pub mod chat_template;
 pub mod data;
 pub mod export;
 pub mod job;
 pub mod model;
+pub mod onnx_export;
 pub mod optim;
 pub mod registry;
 pub mod runs;
@@ -33,8 +33,8 @@ pub mod weights;
 use std::path::PathBuf;
 
 pub use architecture::{Family, ModelConfig};
-pub use chat_template::{Builtin, ChatTemplate, Message};
 pub use model::{Batch, CausalLm, LoraSettings};
+pub use twin_chat::{Builtin, ChatTemplate, Message};
 
 /// libtorch's random generator is one per process: whatever draws from it after seeding (LoRA's
 /// initial values, a new model's weights, dropout) holds this lock, so that two trainings in one
@@ -78,6 +78,9 @@ pub enum TrainingError {
     /// A tokenizer could not be read, trained or run.
     #[error("tokenizer: {0}")]
     Tokenizer(String),
+    /// A chat template or tokenizer file could not be read or rendered.
+    #[error(transparent)]
+    Chat(#[from] twin_chat::ChatError),
     /// A dataset could not be read or used.
     #[error(transparent)]
     Dataset(#[from] twin_datasets::DatasetError),

@@ -637,53 +637,9 @@ impl CausalLm {
     /// `(cos, sin)`, `[batch, 1, time, head_dim]`, of the rotary positions.
     fn rotary(&self, positions: &Tensor) -> (Tensor, Tensor) {
         let c = &self.config;
-        let dim = c.head_dim();
         let longest = positions.max().int64_value(&[]) + 1;
-        let mut base = c.rope_theta;
-        let mut stretch = 1.0;
-        if let Some(RopeScaling::Dynamic { factor }) = c.rope_scaling {
-            if longest > c.max_positions {
-                let ratio = factor * longest as f64 / c.max_positions as f64 - (factor - 1.0);
-                base *= ratio.powf(dim as f64 / (dim as f64 - 2.0));
-            }
-        }
-        if let Some(RopeScaling::Linear { factor }) = c.rope_scaling {
-            stretch = factor;
-        }
-        let exponents = Tensor::arange_start_step(0, dim, 2, (Kind::Int64, Device::Cpu))
-            .to_kind(Kind::Float)
-            / dim as f64;
-        let mut inv_freq = Tensor::pow_scalar(base, &exponents).reciprocal();
-        if let Some(RopeScaling::Llama3 {
-            factor,
-            low_freq_factor,
-            high_freq_factor,
-            original_max_position_embeddings: original,
-        }) = c.rope_scaling
-        {
-            let freqs: Vec<f32> = Vec::<f32>::from(&inv_freq);
-            let (low, high) = (original / low_freq_factor, original / high_freq_factor);
-            let scaled: Vec<f32> = freqs
-                .iter()
-                .map(|f| {
-                    let f = *f as f64;
-                    let wavelength = 2.0 * std::f64::consts::PI / f;
-                    let v = if wavelength < high {
-                        f
-                    } else if wavelength > low {
-                        f / factor
-                    } else {
-                        let smooth = (original / wavelength - low_freq_factor)
-                            / (high_freq_factor - low_freq_factor);
-                        (1.0 - smooth) * f / factor + smooth * f
-                    };
-                    v as f32
-                })
-                .collect();
-            inv_freq = Tensor::of_slice(&scaled);
-        }
-        let inv_freq = inv_freq.to_device(positions.device());
-        let t = positions.to_kind(Kind::Float) / stretch;
+        let inv_freq = rotary_inv_freq(c, longest).to_device(positions.device());
+        let t = positions.to_kind(Kind::Float) / rotary_stretch(c);
         let freqs = t.unsqueeze(-1) * inv_freq;
         let emb = Tensor::cat(&[&freqs, &freqs], -1).unsqueeze(1);
         (
@@ -691,6 +647,61 @@ impl CausalLm {
             emb.sin().to_kind(self.compute),
         )
     }
+}
+
+/// What positions are divided by before rotation: linear rope scaling's factor, else 1.
+pub(crate) fn rotary_stretch(c: &ModelConfig) -> f64 {
+    match c.rope_scaling {
+        Some(RopeScaling::Linear { factor }) => factor,
+        _ => 1.0,
+    }
+}
+
+/// The rotary frequencies (f32, `[head_dim / 2]`, on the CPU) for sequences whose longest
+/// position is `longest - 1`: `1 / base^(2i/d)`, with the base stretched by dynamic NTK scaling
+/// past the trained context and the frequencies rescaled by Llama 3's scheme.
+pub(crate) fn rotary_inv_freq(c: &ModelConfig, longest: i64) -> Tensor {
+    let dim = c.head_dim();
+    let mut base = c.rope_theta;
+    if let Some(RopeScaling::Dynamic { factor }) = c.rope_scaling {
+        if longest > c.max_positions {
+            let ratio = factor * longest as f64 / c.max_positions as f64 - (factor - 1.0);
+            base *= ratio.powf(dim as f64 / (dim as f64 - 2.0));
+        }
+    }
+    let exponents = Tensor::arange_start_step(0, dim, 2, (Kind::Int64, Device::Cpu))
+        .to_kind(Kind::Float)
+        / dim as f64;
+    let inv_freq = Tensor::pow_scalar(base, &exponents).reciprocal();
+    let Some(RopeScaling::Llama3 {
+        factor,
+        low_freq_factor,
+        high_freq_factor,
+        original_max_position_embeddings: original,
+    }) = c.rope_scaling
+    else {
+        return inv_freq;
+    };
+    let freqs: Vec<f32> = Vec::<f32>::from(&inv_freq);
+    let (low, high) = (original / low_freq_factor, original / high_freq_factor);
+    let scaled: Vec<f32> = freqs
+        .iter()
+        .map(|f| {
+            let f = *f as f64;
+            let wavelength = 2.0 * std::f64::consts::PI / f;
+            let v = if wavelength < high {
+                f
+            } else if wavelength > low {
+                f / factor
+            } else {
+                let smooth = (original / wavelength - low_freq_factor)
+                    / (high_freq_factor - low_freq_factor);
+                (1.0 - smooth) * f / factor + smooth * f
+            };
+            v as f32
+        })
+        .collect();
+    Tensor::of_slice(&scaled)
 }
 
 /// `x * cos + rotate_half(x) * sin`, where `rotate_half([a, b]) = [-b, a]`.

@@ -8,26 +8,15 @@ use tokenizers::models::TrainerWrapper;
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::{AddedToken, Tokenizer};
 
-use crate::architecture::{Family, ModelConfig};
-use crate::chat_template::{Builtin, ChatTemplate};
+use crate::architecture::ModelConfig;
 use crate::{Result, TrainingError};
+use twin_chat::{Builtin, ChatTemplate};
 
-/// The token that ends a text in tokenizers twin trains.
-pub const END_OF_TEXT: &str = "<|endoftext|>";
+pub use twin_chat::checkpoint::END_OF_TEXT;
 
 /// A checkpoint folder's `tokenizer.json`.
 pub fn load(dir: &Path) -> Result<Tokenizer> {
-    let path = dir.join("tokenizer.json");
-    if !path.exists() {
-        return Err(TrainingError::Config {
-            path,
-            reason: "no tokenizer.json: twin reads fast (tokenizers) tokenizers only".into(),
-        });
-    }
-    Tokenizer::from_file(&path).map_err(|e| TrainingError::Config {
-        path,
-        reason: format!("not a tokenizer: {e}"),
-    })
+    Ok(twin_chat::load_tokenizer(dir)?)
 }
 
 /// The chat template to train with: `name` (a built-in) if given, else the checkpoint's own
@@ -38,54 +27,14 @@ pub fn template(
     tokenizer: &Tokenizer,
     name: Option<&str>,
 ) -> Result<ChatTemplate> {
-    let path = dir.join("tokenizer_config.json");
-    let tokenizer_config: Option<serde_json::Value> = std::fs::read_to_string(&path)
-        .ok()
-        .and_then(|t| serde_json::from_str(&t).ok());
-    let eos = special(
-        tokenizer_config.as_ref(),
-        tokenizer,
-        config.eos_token_id,
-        "eos_token",
-    )
-    .unwrap_or_else(|| END_OF_TEXT.into());
-    let bos = special(
-        tokenizer_config.as_ref(),
+    Ok(twin_chat::template_for(
+        dir,
         tokenizer,
         config.bos_token_id,
-        "bos_token",
-    )
-    .unwrap_or_default();
-    if let Some(name) = name {
-        let builtin = Builtin::parse(name).ok_or_else(|| {
-            TrainingError::Invalid(format!(
-                "unknown chat template `{name}`: use alpaca, chatml or llama3"
-            ))
-        })?;
-        return Ok(ChatTemplate::builtin(builtin, &bos, &eos));
-    }
-    if path.exists() {
-        if let Some(template) = ChatTemplate::from_tokenizer_config(&path)? {
-            return Ok(template);
-        }
-    }
-    let builtin = match config.family {
-        Family::Qwen2 => Builtin::ChatMl,
-        _ => Builtin::Alpaca,
-    };
-    Ok(ChatTemplate::builtin(builtin, &bos, &eos))
-}
-
-/// A special token's text: from `tokenizer_config.json`, else the config's id decoded.
-fn special(
-    tokenizer_config: Option<&serde_json::Value>,
-    tokenizer: &Tokenizer,
-    id: Option<i64>,
-    key: &str,
-) -> Option<String> {
-    tokenizer_config
-        .and_then(|c| crate::chat_template::special_token(c, key))
-        .or_else(|| tokenizer.id_to_token(id? as u32))
+        config.eos_token_id,
+        name,
+        Builtin::for_model_type(config.family.model_type()),
+    )?)
 }
 
 /// Train a byte-level BPE tokenizer of at most `vocab_size` tokens on `texts`, with
@@ -126,7 +75,7 @@ pub fn save_trained(tokenizer: &Tokenizer, dir: &Path, max_length: i64) -> Resul
         "eos_token": END_OF_TEXT,
         "pad_token": END_OF_TEXT,
         "model_max_length": max_length,
-        "chat_template": crate::chat_template::CHATML,
+        "chat_template": twin_chat::template::CHATML,
     });
     crate::weights::write_json(&dir.join("tokenizer_config.json"), &config)
 }

@@ -2,7 +2,7 @@
 //! checkpoint's own (with Python string methods and `raise_exception`, as transformers runs
 //! them), and clear errors for a template that is broken or refuses a conversation.
 
-use twin_training::{Builtin, ChatTemplate, Message, TrainingError};
+use twin_chat::{Builtin, ChatError, ChatTemplate, Message};
 
 fn conversation() -> Vec<Message> {
     vec![
@@ -82,7 +82,7 @@ fn a_checkpoints_own_template_is_read_and_rendered_as_transformers_does() {
 fn broken_and_refusing_templates_are_clear_errors() {
     let err = ChatTemplate::new("{% for m in messages %}{{ m['content'] }}", "", "")
         .expect_err("unclosed for");
-    assert!(matches!(err, TrainingError::Template(_)), "{err}");
+    assert!(matches!(err, ChatError::Template(_)), "{err}");
     assert!(err.to_string().contains("line 1"), "{err}");
     let strict = ChatTemplate::new(
         "{% if messages[0]['role'] != 'user' %}{{ raise_exception('Conversations must start with a user message') }}{% endif %}",

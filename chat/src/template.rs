@@ -13,7 +13,7 @@ use minijinja::{Environment, ErrorKind};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::{Result, TrainingError};
+use crate::{ChatError, Result};
 
 /// One turn of a conversation.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -53,7 +53,8 @@ describes a task. Write a response that appropriately completes the request.\n\n
 {% else %}{{ raise_exception('Alpaca has no role ' + message['role']) }}{% endif %}{% endfor %}\
 {% if add_generation_prompt %}{{ '### Response:\n' }}{% endif %}";
 
-pub(crate) const CHATML: &str =
+/// ChatML, the template of Qwen2 and of the tokenizers twin trains.
+pub const CHATML: &str =
     "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + \
 message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}\
 {{ '<|im_start|>assistant\n' }}{% endif %}";
@@ -66,6 +67,15 @@ content %}{% endif %}{{ content }}{% endfor %}{% if add_generation_prompt %}\
 {{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}";
 
 impl Builtin {
+    /// The template of a model type's checkpoints that carry none: ChatML for Qwen2 (its
+    /// instruct models' layout), Alpaca for the rest.
+    pub fn for_model_type(model_type: &str) -> Self {
+        match model_type {
+            "qwen2" => Builtin::ChatMl,
+            _ => Builtin::Alpaca,
+        }
+    }
+
     /// `alpaca`, `chatml` or `llama3`.
     pub fn parse(name: &str) -> Option<Self> {
         match name {
@@ -78,7 +88,7 @@ impl Builtin {
 }
 
 /// A compiled chat template with its special tokens.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct ChatTemplate {
     env: Environment<'static>,
     bos_token: String,
@@ -101,7 +111,7 @@ impl ChatTemplate {
             },
         );
         env.add_template_owned(NAME, source.to_string())
-            .map_err(|e| TrainingError::Template(describe(&e)))?;
+            .map_err(|e| ChatError::Template(describe(&e)))?;
         Ok(Self {
             env,
             bos_token: bos_token.into(),
@@ -123,7 +133,14 @@ impl ChatTemplate {
     /// The template of a checkpoint's `tokenizer_config.json`, or `None` when it has none.
     /// A list of named templates gives the one named `default`.
     pub fn from_tokenizer_config(path: &Path) -> Result<Option<Self>> {
-        let config: Value = crate::weights::read_json(path)?;
+        let text = std::fs::read_to_string(path).map_err(|e| ChatError::Config {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+        let config: Value = serde_json::from_str(&text).map_err(|e| ChatError::Config {
+            path: path.to_path_buf(),
+            reason: format!("not JSON: {e}"),
+        })?;
         let source = match config.get("chat_template") {
             None | Some(Value::Null) => return Ok(None),
             Some(Value::String(s)) => s.clone(),
@@ -132,12 +149,12 @@ impl ChatTemplate {
                 .find(|t| t.get("name").and_then(Value::as_str) == Some("default"))
                 .and_then(|t| t.get("template").and_then(Value::as_str))
                 .map(str::to_string)
-                .ok_or_else(|| TrainingError::Config {
+                .ok_or_else(|| ChatError::Config {
                     path: path.to_path_buf(),
                     reason: "`chat_template` lists templates but none named \"default\"".into(),
                 })?,
             Some(_) => {
-                return Err(TrainingError::Config {
+                return Err(ChatError::Config {
                     path: path.to_path_buf(),
                     reason: "`chat_template` must be a string or a list of named templates".into(),
                 })
@@ -146,7 +163,7 @@ impl ChatTemplate {
         let token = |key: &str| special_token(&config, key).unwrap_or_default();
         Self::new(&source, &token("bos_token"), &token("eos_token"))
             .map(Some)
-            .map_err(|e| TrainingError::Config {
+            .map_err(|e| ChatError::Config {
                 path: path.to_path_buf(),
                 reason: e.to_string(),
             })
@@ -158,7 +175,7 @@ impl ChatTemplate {
         let template = self
             .env
             .get_template(NAME)
-            .map_err(|e| TrainingError::Template(describe(&e)))?;
+            .map_err(|e| ChatError::Template(describe(&e)))?;
         template
             .render(minijinja::context! {
                 messages => messages,
@@ -166,13 +183,13 @@ impl ChatTemplate {
                 bos_token => &self.bos_token,
                 eos_token => &self.eos_token,
             })
-            .map_err(|e| TrainingError::Template(describe(&e)))
+            .map_err(|e| ChatError::Template(describe(&e)))
     }
 }
 
 /// A special token of a `tokenizer_config.json` (`"eos_token": "</s>"`, or an object with its
 /// `content`).
-pub(crate) fn special_token(config: &Value, key: &str) -> Option<String> {
+pub fn special_token(config: &Value, key: &str) -> Option<String> {
     match config.get(key)? {
         Value::String(s) => Some(s.clone()),
         Value::Object(o) => o.get("content").and_then(Value::as_str).map(str::to_string),
