@@ -352,3 +352,59 @@ async fn the_demo_model_trained_from_scratch_exports_with_parity() {
     assert_eq!(model.config.hidden_size, 256);
     check_model(&model, &dir, "demo model", &OnnxOptions::default());
 }
+
+/// A small Llama with random weights and `rope_scaling`.
+fn scaled_llama(rope_scaling: serde_json::Value, max_positions: i64) -> CausalLm {
+    let config = twin_training::ModelConfig::from_json(&serde_json::json!({
+        "model_type": "llama", "vocab_size": 512, "hidden_size": 64, "intermediate_size": 112,
+        "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+        "max_position_embeddings": max_positions, "rope_theta": 10000.0,
+        "initializer_range": 0.2, "rope_scaling": rope_scaling
+    }))
+    .unwrap();
+    CausalLm::init(config, 7, Device::Cpu).unwrap()
+}
+
+#[test]
+fn llama3_rope_scaling_exports_with_parity() {
+    let model = scaled_llama(
+        serde_json::json!({"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0, "original_max_position_embeddings": 8}),
+        256,
+    );
+    check_model(
+        &model,
+        &common::checkpoint("llama"),
+        "llama3 rope scaling",
+        &OnnxOptions::default(),
+    );
+}
+
+#[test]
+fn dynamic_rope_scaling_past_the_trained_context_matches_libtorch() {
+    // Positions beyond 16 stretch the base; run as one pass (with a cache, keys cached before
+    // the stretch keep their rotation, in transformers too).
+    let model = scaled_llama(serde_json::json!({"type": "dynamic", "factor": 2.0}), 16);
+    let out = tempfile::tempdir().unwrap();
+    onnx_export::export(
+        &model,
+        &common::checkpoint("llama"),
+        out.path(),
+        &OnnxOptions::default(),
+    )
+    .unwrap();
+    let mut session = session(out.path());
+    for n in [12usize, 30] {
+        let row = ids(n, 4, 512);
+        let step = run(
+            &mut session,
+            &model,
+            std::slice::from_ref(&row),
+            &[vec![]],
+            &[(0..n as i64).collect()],
+            None,
+        );
+        let diff = max_diff(&step.logits[0], &torch_logits(&model, &row));
+        assert!(diff < 1e-4, "{n} tokens: {diff:e}");
+    }
+}
