@@ -237,9 +237,69 @@ pub struct GenerateArgs {
     pub format: String,
 }
 
+/// `twin train` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum TrainCommand {
+    /// Size a run before it starts, for this machine or GPUs we do not have: memory per GPU
+    /// (weights, gradients, optimizer state, activations, logits), how it splits over N GPUs,
+    /// tokens per second from the GPUs' peak, and whether it fits (exit code 1 if not, with
+    /// what would).
+    Plan(Box<PlanArgs>),
+}
+
+/// `twin train plan` options.
+#[derive(Debug, clap::Args)]
+pub struct PlanArgs {
+    /// A preset (llama-3.1-8b, llama-3.1-70b, mistral-7b, qwen2.5-7b, qwen2.5-14b, qwen2.5-32b,
+    /// qwen2.5-72b), a checkpoint folder, a `config.json`, or `name[@vN]` of the registry.
+    #[arg(long)]
+    pub model: String,
+    /// `full`, `lora` or `qlora`.
+    #[arg(long, default_value = "lora")]
+    pub method: String,
+    /// GPUs.
+    #[arg(long, default_value_t = 1)]
+    pub gpus: u64,
+    /// A GPU by name (h100, h200, a100-80gb, a100-40gb, l40s, a10g): its memory and peak.
+    #[arg(long, default_value = "h100")]
+    pub gpu: String,
+    /// Memory of each GPU (`80GiB`, `48GB`), instead of the named GPU's.
+    #[arg(long)]
+    pub gpu_memory: Option<String>,
+    /// Dense bf16 peak of each GPU in TFLOP/s, instead of the named GPU's.
+    #[arg(long)]
+    pub gpu_tflops: Option<f64>,
+    /// Share of the peak a step reaches.
+    #[arg(long, default_value_t = 0.4)]
+    pub efficiency: f64,
+    /// Tokens per row.
+    #[arg(long, default_value_t = 2048)]
+    pub seq: u64,
+    /// Rows per micro-batch on each GPU.
+    #[arg(long, default_value_t = 1)]
+    pub batch: u64,
+    /// Recompute activations in the backward pass.
+    #[arg(long)]
+    pub gradient_checkpointing: bool,
+    /// GPUs each layer is split over (tensor parallel; it must divide the key/value heads); the
+    /// optimizer state is sharded over all of them.
+    #[arg(long, default_value_t = 1)]
+    pub tensor_parallel: u64,
+    /// LoRA rank.
+    #[arg(long, default_value_t = 16)]
+    pub lora_rank: u64,
+    /// `text` or `json`.
+    #[arg(long, default_value = "text")]
+    pub format: String,
+}
+
 /// `twin train` options (each also a `[training]` setting).
 #[derive(Debug, clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct TrainArgs {
+    /// Size a run instead of starting one.
+    #[command(subcommand)]
+    pub command: Option<TrainCommand>,
     /// A dataset id, name or id prefix (twin dataset list), or a JSONL file of samples.
     #[arg(long, value_name = "ID-OR-FILE")]
     pub dataset: Option<String>,

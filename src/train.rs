@@ -161,6 +161,9 @@ fn params(config: &TwinConfig, args: &TrainArgs) -> Result<TrainingConfig> {
 
 /// Run `twin train`.
 pub async fn train(config: &TwinConfig, args: TrainArgs) -> Result<ExitCode> {
+    if let Some(crate::TrainCommand::Plan(plan_args)) = &args.command {
+        return plan(config, plan_args);
+    }
     let warehouse = twin_warehouse::open(&config.warehouse, &config.data_dir).await?;
     let layout = config.layout();
     crate::signals::serve_metrics("train", &config.metrics.train);
@@ -325,4 +328,117 @@ fn method_name(p: &TrainingConfig) -> &'static str {
         TrainingMethod::Lora => "lora",
         TrainingMethod::Full => "full",
     }
+}
+
+/// `twin train plan`.
+fn plan(config: &TwinConfig, args: &crate::PlanArgs) -> Result<ExitCode> {
+    use twin_training::plan::{self, PlanMethod, PlanRequest};
+    let Some(method) = PlanMethod::parse(&args.method) else {
+        bail!(
+            "--method must be full, lora or qlora, not `{}`",
+            args.method
+        );
+    };
+    let model = match plan::preset(&args.model) {
+        Some(model) => model,
+        None => {
+            let path = std::path::Path::new(&args.model);
+            let file = if path.is_file() {
+                path.to_path_buf()
+            } else if path.join("config.json").exists() {
+                path.join("config.json")
+            } else if let Some(entry) =
+                twin_training::registry::find(&config.layout().registry(), &args.model)?
+            {
+                entry
+                    .lineage
+                    .base_dir
+                    .unwrap_or(entry.dir)
+                    .join("config.json")
+            } else {
+                let presets: Vec<&str> = plan::PRESETS.iter().map(|(n, _)| *n).collect();
+                bail!(
+                    "unknown model `{}`: a preset ({}), a checkpoint folder, a config.json or a \
+                     registry name",
+                    args.model,
+                    presets.join(", ")
+                );
+            };
+            twin_training::ModelConfig::load(&file)?
+        }
+    };
+    let Some(&(_, tflops, memory_gib)) = plan::GPUS.iter().find(|(n, _, _)| *n == args.gpu) else {
+        let gpus: Vec<&str> = plan::GPUS.iter().map(|(n, _, _)| *n).collect();
+        bail!(
+            "unknown GPU `{}`: {} (or give --gpu-memory and --gpu-tflops)",
+            args.gpu,
+            gpus.join(", ")
+        );
+    };
+    let device_memory = match &args.gpu_memory {
+        Some(text) => parse_bytes(text)?,
+        None => memory_gib << 30,
+    };
+    if args.gpus == 0 || args.seq == 0 || args.batch == 0 || args.tensor_parallel == 0 {
+        bail!("--gpus, --seq, --batch and --tensor-parallel must be at least 1");
+    }
+    let kv_heads = model.num_kv_heads as u64;
+    if !args.gpus.is_multiple_of(args.tensor_parallel)
+        || !kv_heads.is_multiple_of(args.tensor_parallel)
+    {
+        bail!(
+            "--tensor-parallel {} must divide --gpus {} and the model's {kv_heads} key/value heads",
+            args.tensor_parallel,
+            args.gpus
+        );
+    }
+    if !(args.efficiency > 0.0 && args.efficiency <= 1.0) {
+        bail!("--efficiency must be in (0, 1], not {}", args.efficiency);
+    }
+    let request = PlanRequest {
+        method,
+        gpus: args.gpus,
+        device_memory,
+        peak_tflops: args.gpu_tflops.unwrap_or(tflops),
+        efficiency: args.efficiency,
+        seq_len: args.seq,
+        micro_batch: args.batch,
+        gradient_checkpointing: args.gradient_checkpointing,
+        lora_rank: args.lora_rank,
+        tensor_parallel: args.tensor_parallel,
+        compute_bytes: 2,
+    };
+    let result = plan::plan(&model, &request);
+    if args.format == "json" {
+        println!("{}", serde_json::to_string_pretty(&result)?);
+    } else {
+        print!("{}", result.table());
+    }
+    Ok(if result.fits {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+/// `80GiB`, `48GB`, `24G`, `512MiB` or a plain number of GiB, as bytes.
+fn parse_bytes(text: &str) -> Result<u64> {
+    let t = text.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let value: f64 = number
+        .parse()
+        .map_err(|_| anyhow::anyhow!("`{text}` is not a size: use e.g. 80GiB or 48GB"))?;
+    let scale = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "g" | "gib" => (1u64 << 30) as f64,
+        "gb" => 1e9,
+        "t" | "tib" => (1u64 << 40) as f64,
+        "tb" => 1e12,
+        "m" | "mib" => (1u64 << 20) as f64,
+        "mb" => 1e6,
+        other => bail!("`{text}`: unknown unit `{other}` (GiB, GB, TiB, TB, MiB, MB)"),
+    };
+    Ok((value * scale) as u64)
 }

@@ -446,3 +446,122 @@ fn export_and_generate_with_a_registered_lora_model() {
     let long = "word ".repeat(400);
     fails(&["generate", "tiny", &long], "context is 256 tokens");
 }
+
+#[test]
+fn train_plan_sizes_runs_and_train_refuses_one_that_cannot_fit() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // A preset that fits (QLoRA of a 7B on a 24 GB GPU) and one that does not, with advice.
+    let out = twin(
+        d,
+        &[
+            "train",
+            "plan",
+            "--model",
+            "mistral-7b",
+            "--method",
+            "qlora",
+            "--gpu",
+            "a10g",
+            "--gradient-checkpointing",
+            "--seq",
+            "1024",
+        ],
+    );
+    assert!(stdout(&out).contains("(fits)"), "{}", stdout(&out));
+    let out = twin_command(
+        d,
+        &[
+            "train",
+            "plan",
+            "--model",
+            "llama-3.1-70b",
+            "--method",
+            "full",
+            "--format",
+            "json",
+        ],
+    )
+    .output()
+    .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "a plan that does not fit exits 1"
+    );
+    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(plan["fits"], false);
+    assert!(plan["per_device"]["optimizer"].as_f64().unwrap() > 800e9);
+    assert!(!plan["advice"].as_array().unwrap().is_empty());
+    for (args, expected) in [
+        (
+            vec!["train", "plan", "--model", "nosuch"],
+            "unknown model `nosuch`",
+        ),
+        (
+            vec![
+                "train",
+                "plan",
+                "--model",
+                "llama-3.1-8b",
+                "--gpus",
+                "6",
+                "--tensor-parallel",
+                "3",
+            ],
+            "must divide",
+        ),
+        (
+            vec![
+                "train",
+                "plan",
+                "--model",
+                "llama-3.1-8b",
+                "--gpu-memory",
+                "80 furlongs",
+            ],
+            "unknown unit",
+        ),
+    ] {
+        let out = twin_command(d, &args).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && stderr.contains(expected),
+            "{args:?}: {stderr}"
+        );
+    }
+    // `twin train` plans too, before it loads anything: a 70B model (its config alone, no
+    // weights) on this machine is refused with the plan's numbers.
+    samples(d);
+    let big = d.join("llama-70b");
+    std::fs::create_dir_all(&big).unwrap();
+    let preset = twin_training::plan::PRESETS
+        .iter()
+        .find(|(n, _)| *n == "llama-3.1-70b")
+        .unwrap()
+        .1;
+    std::fs::write(big.join("config.json"), preset).unwrap();
+    let out = twin_command(
+        d,
+        &[
+            "train",
+            "--dataset",
+            "samples/train.jsonl",
+            "--model",
+            "llama-70b",
+            "--method",
+            "full",
+        ],
+    )
+    .output()
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("does not fit in the memory this machine has free")
+            && stderr.contains("optimizer state")
+            && stderr.contains("to fit:"),
+        "{stderr}"
+    );
+    assert!(!d.join("data/registry").exists(), "nothing was registered");
+}

@@ -190,6 +190,74 @@ async fn tokenizer_corpus(
     Ok(texts)
 }
 
+/// The configuration of the model a request trains, when it can be read without loading
+/// weights (a folder's or registry entry's `config.json`, or `--init`).
+fn model_config(layout: &DataLayout, request: &TrainRequest) -> Option<ModelConfig> {
+    if let Some(init) = &request.init {
+        return ModelConfig::load(init).ok();
+    }
+    let key = request.model.as_deref()?;
+    let path = Path::new(key);
+    let dir = if path.join("config.json").exists() {
+        path.to_path_buf()
+    } else {
+        let entry = registry::find(&layout.registry(), key).ok()??;
+        entry.lineage.base_dir.clone().unwrap_or(entry.dir)
+    };
+    ModelConfig::load(&dir.join("config.json")).ok()
+}
+
+/// The memory a run of `params` on `config` needs on `device`, planned as `twin train plan`
+/// plans it: training in f32 with f32 AdamW state (the CPU; on a GPU the master weights are f32
+/// too), one row of `max_seq_len` per batch element.
+pub fn plan_for(config: &ModelConfig, params: &TrainingConfig, memory: u64) -> crate::plan::Plan {
+    use crate::plan::{PlanMethod, PlanRequest};
+    let method = match params.method {
+        TrainingMethod::Full => PlanMethod::Full,
+        TrainingMethod::Lora => PlanMethod::Lora,
+    };
+    crate::plan::plan(
+        config,
+        &PlanRequest {
+            device_memory: memory,
+            peak_tflops: 0.2,
+            compute_bytes: 4,
+            seq_len: params.max_seq_len as u64,
+            micro_batch: params.batch_size as u64,
+            lora_rank: params.lora.rank.max(0) as u64,
+            ..PlanRequest::new(method)
+        },
+    )
+}
+
+/// Refuse a run that cannot fit in the memory of `device` (checked on the CPU, where the
+/// memory available is known), with the plan's numbers.
+fn check_fits(config: &ModelConfig, params: &TrainingConfig, device: Device) -> Result<()> {
+    if device != Device::Cpu {
+        return Ok(());
+    }
+    let Some(available) = available_memory() else {
+        return Ok(());
+    };
+    let plan = plan_for(config, params, available);
+    if plan.fits {
+        return Ok(());
+    }
+    Err(TrainingError::Invalid(format!(
+        "this run does not fit in the memory this machine has free ({}), so it was not started:\n{}",
+        crate::plan::gib(available as f64),
+        plan.table()
+    )))
+}
+
+/// `MemAvailable` of `/proc/meminfo`, bytes.
+fn available_memory() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
 /// Everything up to the first step: what `twin train` checks before spending training time.
 struct Ready {
     prepared: Prepared,
@@ -207,6 +275,9 @@ async fn prepare(
 ) -> Result<Ready> {
     let params = &request.params;
     let device = device_for(params)?;
+    if let Some(config) = model_config(layout, request) {
+        check_fits(&config, params, device.0)?;
+    }
     let (samples, dataset, snapshot) = load_dataset(warehouse, &request.dataset).await?;
     let mut prepared = match (&request.init, &request.model) {
         (Some(init), None) => {

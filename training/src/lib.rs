@@ -13,6 +13,8 @@
 //! - [`export`]: outputs in the Hugging Face layout (full model, PEFT adapter) and merging.
 //! - [`onnx_export`]: the model as an ONNX graph with a key/value cache (Optimum's layout), for
 //!   generation on ONNX Runtime.
+//! - [`plan`]: sizing a run (memory per GPU, throughput, fits or not) for presets of published
+//!   models and GPUs we do not have.
 //! - [`runs`]: run records and metrics in the warehouse; comparison tables and loss plots.
 //! - [`registry`]: trained models by `name@vN`, with their lineage.
 //! - [`job`]: `twin train` end to end.
@@ -24,6 +26,7 @@ pub mod job;
 pub mod model;
 pub mod onnx_export;
 pub mod optim;
+pub mod plan;
 pub mod registry;
 pub mod runs;
 pub mod tokenizer;
