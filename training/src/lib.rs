@@ -8,6 +8,8 @@
 //! - [`tokenizer`]: `tokenizer.json`, the template to train with, and byte-level BPE training
 //!   for a model that starts from scratch.
 //! - [`data`]: samples to tokens (answer tokens marked), packing, the seeded order of rows.
+//! - [`dpo`]: direct preference optimisation: TRL's DPO and IPO losses, sequence
+//!   log-probabilities, rewards, the reference with LoRA taken out.
 //! - [`optim`]: AdamW, warm-up and decay, gradient clipping.
 //! - [`trainer`]: the loop: accumulation, evaluation, checkpoints, resume, early stop.
 //! - [`export`]: outputs in the Hugging Face layout (full model, PEFT adapter) and merging.
@@ -21,6 +23,7 @@
 
 pub mod architecture;
 pub mod data;
+pub mod dpo;
 pub mod export;
 pub mod job;
 pub mod model;

@@ -512,6 +512,21 @@ impl CausalLm {
         self.trainable = self.params.keys().cloned().collect();
     }
 
+    /// Run `f` on the model with its LoRA adapters taken out (the base model), then put them
+    /// back: DPO's reference without a second copy of the weights.
+    pub fn without_lora<T>(&mut self, f: impl FnOnce(&CausalLm) -> T) -> T {
+        let taken: Vec<Option<LoraPair>> = self
+            .linears_mut()
+            .into_iter()
+            .map(|l| l.lora.take())
+            .collect();
+        let out = f(self);
+        for (linear, lora) in self.linears_mut().into_iter().zip(taken) {
+            linear.lora = lora;
+        }
+        out
+    }
+
     /// Mark the trainable parameters as needing gradients and the rest as not.
     pub fn prepare_for_training(&self) {
         for (name, t) in &self.params {
