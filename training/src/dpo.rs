@@ -211,3 +211,185 @@ pub fn reference_logps(
         None => model.without_lora(run),
     }
 }
+
+/// Where the reference's log-probabilities come from.
+pub enum Reference<'r> {
+    /// Computed once before training: `(chosen, rejected)` of the training and test pairs.
+    Cached {
+        /// The training pairs'.
+        train: (Vec<f32>, Vec<f32>),
+        /// The test pairs'.
+        test: (Vec<f32>, Vec<f32>),
+    },
+    /// At every step: from this model, or (`None`) from the policy with its adapters out.
+    OnTheFly(Option<&'r CausalLm>),
+}
+
+/// Preference tuning as a training objective ([`crate::trainer::optimize`]).
+pub struct DpoObjective<'r> {
+    train: Vec<Pair>,
+    test: Vec<Pair>,
+    settings: DpoSettings,
+    pad: i64,
+    reference: Reference<'r>,
+}
+
+fn values(t: &Tensor) -> Vec<f32> {
+    Vec::<f32>::from(&t.to_device(Device::Cpu))
+}
+
+impl<'r> DpoObjective<'r> {
+    /// The objective over `train` and `test` pairs. With `cached`, the reference's
+    /// log-probabilities are computed now (from `reference`, else from `model` with its adapters
+    /// out), `batch` pairs at a time.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        model: &mut CausalLm,
+        reference: Option<&'r CausalLm>,
+        train: Vec<Pair>,
+        test: Vec<Pair>,
+        settings: DpoSettings,
+        pad: i64,
+        cached: bool,
+        batch: usize,
+    ) -> Self {
+        let average = settings.loss == DpoLoss::Ipo;
+        let reference = if cached {
+            let mut all = |pairs: &[Pair]| {
+                let (mut chosen, mut rejected) = (Vec::new(), Vec::new());
+                for chunk in pairs.chunks(batch.max(1)) {
+                    let refs: Vec<&Pair> = chunk.iter().collect();
+                    let (c, r) = reference_logps(model, reference, &refs, pad, average);
+                    chosen.extend(values(&c));
+                    rejected.extend(values(&r));
+                }
+                (chosen, rejected)
+            };
+            let train_logps = all(&train);
+            let test_logps = all(&test);
+            Reference::Cached {
+                train: train_logps,
+                test: test_logps,
+            }
+        } else {
+            Reference::OnTheFly(reference)
+        };
+        Self {
+            train,
+            test,
+            settings,
+            pad,
+            reference,
+        }
+    }
+
+    /// Losses and rewards of `indexes` of the training (or test) pairs.
+    fn batch(
+        &self,
+        model: &mut CausalLm,
+        indexes: &[usize],
+        test: bool,
+        train: bool,
+    ) -> (DpoBatch, usize) {
+        let pairs = if test { &self.test } else { &self.train };
+        let chosen: Vec<&Example> = indexes.iter().map(|&i| &pairs[i].chosen).collect();
+        let rejected: Vec<&Example> = indexes.iter().map(|&i| &pairs[i].rejected).collect();
+        let tokens = chosen.iter().chain(&rejected).map(|e| e.ids.len()).sum();
+        let average = self.settings.loss == DpoLoss::Ipo;
+        let mut rows = chosen.clone();
+        rows.extend(&rejected);
+        let logps = sequence_logps(model, &rows, self.pad, train, average);
+        let n = indexes.len() as i64;
+        let (policy_chosen, policy_rejected) = (logps.narrow(0, 0, n), logps.narrow(0, n, n));
+        let device = model.device();
+        let (reference_chosen, reference_rejected) = match &self.reference {
+            Reference::Cached { train, test: held } => {
+                let (c, r) = if test { held } else { train };
+                let pick = |v: &Vec<f32>| {
+                    let picked: Vec<f32> = indexes.iter().map(|&i| v[i]).collect();
+                    Tensor::of_slice(&picked).to_device(device)
+                };
+                (pick(c), pick(r))
+            }
+            Reference::OnTheFly(reference) => {
+                let refs: Vec<&Pair> = indexes.iter().map(|&i| &pairs[i]).collect();
+                reference_logps(model, *reference, &refs, self.pad, average)
+            }
+        };
+        (
+            dpo_loss(
+                &self.settings,
+                &policy_chosen,
+                &policy_rejected,
+                &reference_chosen,
+                &reference_rejected,
+            ),
+            tokens,
+        )
+    }
+}
+
+impl crate::trainer::Objective for DpoObjective<'_> {
+    fn items(&self) -> usize {
+        self.train.len()
+    }
+
+    fn has_test(&self) -> bool {
+        !self.test.is_empty()
+    }
+
+    fn step(
+        &mut self,
+        model: &mut CausalLm,
+        micro: &[Vec<usize>],
+    ) -> crate::Result<crate::trainer::StepLoss> {
+        let pairs: usize = micro.iter().map(Vec::len).sum();
+        let (mut loss_sum, mut tokens) = (0.0, 0);
+        let (mut chosen, mut rejected) = (Vec::new(), Vec::new());
+        for indexes in micro.iter().filter(|m| !m.is_empty()) {
+            let (batch, n) = self.batch(model, indexes, false, true);
+            let sum = batch.losses.sum(Kind::Float);
+            (&sum / pairs.max(1) as f64).f_backward()?;
+            loss_sum += sum.double_value(&[]);
+            tokens += n;
+            chosen.extend(values(&batch.chosen_rewards));
+            rejected.extend(values(&batch.rejected_rewards));
+        }
+        Ok(crate::trainer::StepLoss {
+            loss: loss_sum / pairs.max(1) as f64,
+            tokens,
+            rewards: Some(Rewards::of_values(&chosen, &rejected)),
+        })
+    }
+
+    fn evaluate(
+        &mut self,
+        model: &mut CausalLm,
+        step: u64,
+        batch: usize,
+    ) -> crate::trainer::EvalMetrics {
+        let _guard = tch::no_grad_guard();
+        let (mut loss_sum, mut tokens) = (0.0, 0u64);
+        let (mut chosen, mut rejected) = (Vec::new(), Vec::new());
+        let all: Vec<usize> = (0..self.test.len()).collect();
+        for indexes in all.chunks(batch.max(1)) {
+            let (b, _) = self.batch(model, indexes, true, false);
+            loss_sum += b.losses.sum(Kind::Float).double_value(&[]);
+            tokens += indexes
+                .iter()
+                .map(|&i| {
+                    (self.test[i].chosen.target_count() + self.test[i].rejected.target_count())
+                        as u64
+                })
+                .sum::<u64>();
+            chosen.extend(values(&b.chosen_rewards));
+            rejected.extend(values(&b.rejected_rewards));
+        }
+        crate::trainer::EvalMetrics {
+            step,
+            loss: loss_sum / self.test.len().max(1) as f64,
+            tokens,
+            rewards: Some(Rewards::of_values(&chosen, &rejected)),
+        }
+    }
+}

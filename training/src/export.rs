@@ -174,7 +174,12 @@ pub fn read_adapter_config(dir: &Path) -> Result<AdapterConfig> {
 /// Put the PEFT adapter at `adapter` on `model` (not merged).
 pub fn apply_adapter(model: &mut CausalLm, adapter: &Path) -> Result<()> {
     let config = read_adapter_config(adapter)?;
-    model.add_lora(&config.settings)?;
+    {
+        // Adding LoRA draws its initial values (overwritten below) from libtorch's generator:
+        // under the lock, so that a training running beside this is not disturbed.
+        let _rng = crate::torch_rng();
+        model.add_lora(&config.settings)?;
+    }
     model.load_lora(&weights::load(
         &[adapter.join("adapter_model.safetensors")],
     )?)

@@ -17,6 +17,7 @@ use twin_warehouse::{DocumentFilter, MetricRow, Position, Warehouse};
 
 use crate::architecture::ModelConfig;
 use crate::data::{Examples, Tokenising};
+use crate::dpo::{DpoLoss, DpoObjective, DpoSettings, Pair};
 use crate::model::{CausalLm, LoraSettings};
 use crate::registry::{self, Lineage};
 use crate::runs::{self, RunInfo, RunResult};
@@ -212,9 +213,10 @@ fn model_config(layout: &DataLayout, request: &TrainRequest) -> Option<ModelConf
 /// too), one row of `max_seq_len` per batch element.
 pub fn plan_for(config: &ModelConfig, params: &TrainingConfig, memory: u64) -> crate::plan::Plan {
     use crate::plan::{PlanMethod, PlanRequest};
-    let method = match params.method {
-        TrainingMethod::Full => PlanMethod::Full,
-        TrainingMethod::Lora => PlanMethod::Lora,
+    let method = if params.trains_adapters() {
+        PlanMethod::Lora
+    } else {
+        PlanMethod::Full
     };
     crate::plan::plan(
         config,
@@ -258,10 +260,103 @@ fn available_memory() -> Option<u64> {
     Some(kib * 1024)
 }
 
+/// DPO's settings from `[training.dpo]`, checked.
+pub fn dpo_settings(params: &TrainingConfig) -> Result<(DpoSettings, bool)> {
+    let d = &params.dpo;
+    let loss = DpoLoss::parse(&d.loss).ok_or_else(|| {
+        TrainingError::Invalid(format!("unknown DPO loss {:?}: use sigmoid or ipo", d.loss))
+    })?;
+    if !(d.beta > 0.0 && d.beta.is_finite()) {
+        return Err(TrainingError::Invalid(format!(
+            "DPO beta must be positive, not {}",
+            d.beta
+        )));
+    }
+    if !(0.0..0.5).contains(&d.label_smoothing) {
+        return Err(TrainingError::Invalid(format!(
+            "DPO label smoothing must be in [0, 0.5), not {}",
+            d.label_smoothing
+        )));
+    }
+    let cached = match d.reference.as_str() {
+        "cached" => true,
+        "on_the_fly" => false,
+        other => {
+            return Err(TrainingError::Invalid(format!(
+                "unknown DPO reference {other:?}: use cached or on_the_fly"
+            )))
+        }
+    };
+    if d.weights != "lora" && d.weights != "full" {
+        return Err(TrainingError::Invalid(format!(
+            "unknown DPO weights {:?}: use lora or full",
+            d.weights
+        )));
+    }
+    Ok((
+        DpoSettings {
+            beta: d.beta,
+            label_smoothing: d.label_smoothing,
+            loss,
+        },
+        cached,
+    ))
+}
+
+/// The preference samples as pairs of examples (prompt with the chosen answer, and with the
+/// rejected one), by split; pairs longer than `max_seq_len` are left out.
+fn dpo_pairs(
+    tokenising: &Tokenising<'_>,
+    samples: &[(Split, Sample)],
+) -> Result<(Vec<Pair>, Vec<Pair>)> {
+    let (mut train, mut test) = (Vec::new(), Vec::new());
+    let mut too_long = 0;
+    for (split, sample) in samples {
+        let Some(rejected_answer) = &sample.rejected else {
+            continue;
+        };
+        let rejected_sample = Sample {
+            output: rejected_answer.clone(),
+            rejected: None,
+            ..sample.clone()
+        };
+        let (Some(chosen), Some(rejected)) = (
+            tokenising.example(sample)?,
+            tokenising.example(&rejected_sample)?,
+        ) else {
+            continue;
+        };
+        if chosen.ids.len().max(rejected.ids.len()) > tokenising.max_seq_len {
+            too_long += 1;
+            continue;
+        }
+        let pair = Pair { chosen, rejected };
+        match split {
+            Split::Train => train.push(pair),
+            Split::Test => test.push(pair),
+        }
+    }
+    if train.is_empty() {
+        return Err(TrainingError::Invalid(format!(
+            "no preference pair to train on ({too_long} longer than max_seq_len {})",
+            tokenising.max_seq_len
+        )));
+    }
+    if too_long > 0 {
+        tracing::warn!(
+            too_long,
+            "preference pairs longer than max_seq_len left out"
+        );
+    }
+    Ok((train, test))
+}
+
 /// Everything up to the first step: what `twin train` checks before spending training time.
 struct Ready {
     prepared: Prepared,
     examples: Examples,
+    /// Preference pairs (train, test), for DPO.
+    pairs: Option<(Vec<Pair>, Vec<Pair>)>,
     dataset: String,
     snapshot: Option<twin_warehouse::Snapshot>,
     device: (Device, Kind),
@@ -362,14 +457,33 @@ async fn prepare(
         request.template.as_deref(),
     )?;
     trainer::validate(params, &prepared.model)?;
-    let examples = Tokenising {
+    let tokenising = Tokenising {
         template: &template,
         tokenizer: &prepared.tokenizer,
         max_seq_len: params.max_seq_len,
         answer_only: params.answer_only,
-    }
-    .examples(&samples)?;
-    if params.method == TrainingMethod::Lora {
+    };
+    let preferences = samples.iter().filter(|(_, s)| s.rejected.is_some()).count();
+    let (examples, pairs) = if params.method == TrainingMethod::Dpo {
+        dpo_settings(params)?;
+        if preferences == 0 {
+            return Err(TrainingError::Invalid(format!(
+                "{dataset}: no sample has a rejected answer: DPO needs a preference dataset \
+                 (twin dataset build --kind preference)"
+            )));
+        }
+        (Examples::default(), Some(dpo_pairs(&tokenising, &samples)?))
+    } else {
+        if preferences > 0 {
+            return Err(TrainingError::Invalid(format!(
+                "{dataset} is a preference dataset ({preferences} of {} samples have a rejected \
+                 answer): tune on it with --method dpo, or train on an instruct dataset",
+                samples.len()
+            )));
+        }
+        (tokenising.examples(&samples)?, None)
+    };
+    if params.trains_adapters() {
         let settings = LoraSettings {
             rank: params.lora.rank,
             alpha: params.lora.alpha,
@@ -397,6 +511,7 @@ async fn prepare(
     Ok(Ready {
         prepared,
         examples,
+        pairs,
         dataset,
         snapshot,
         device,
@@ -641,6 +756,7 @@ async fn run_loop(
     let Ready {
         mut prepared,
         examples,
+        pairs,
         snapshot,
         ..
     } = ready;
@@ -657,15 +773,47 @@ async fn run_loop(
     };
     let checkpoints = dir.join("checkpoints");
     let joined = tokio::task::spawn_blocking(move || {
-        let outcome = trainer::train(
-            &mut prepared.model,
-            &examples,
-            &params,
-            &checkpoints,
-            checkpoint.as_deref(),
-            &stop,
-            &mut recorder,
-        );
+        let outcome = match pairs {
+            None => trainer::train(
+                &mut prepared.model,
+                &examples,
+                &params,
+                &checkpoints,
+                checkpoint.as_deref(),
+                &stop,
+                &mut recorder,
+            ),
+            Some((train, test)) => (|| {
+                let (settings, cached) = dpo_settings(&params)?;
+                // The reference: the policy with its adapters out (LoRA), else a copy of the
+                // starting weights when it is computed at every step.
+                let copy = if !cached && !params.trains_adapters() {
+                    Some(prepared.model.frozen_copy()?)
+                } else {
+                    None
+                };
+                let pad = prepared.model.config.eos_token_id.unwrap_or(0);
+                let mut objective = DpoObjective::new(
+                    &mut prepared.model,
+                    copy.as_ref(),
+                    train,
+                    test,
+                    settings,
+                    pad,
+                    cached,
+                    params.batch_size,
+                );
+                trainer::optimize(
+                    &mut prepared.model,
+                    &mut objective,
+                    &params,
+                    &checkpoints,
+                    checkpoint.as_deref(),
+                    &stop,
+                    &mut recorder,
+                )
+            })(),
+        };
         recorder.flush();
         (outcome, prepared, recorder)
     })

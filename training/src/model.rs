@@ -512,6 +512,21 @@ impl CausalLm {
         self.trainable = self.params.keys().cloned().collect();
     }
 
+    /// A copy of the model's weights (LoRA left out) that training this model does not change:
+    /// the reference of full-weight DPO computed at every step.
+    pub fn frozen_copy(&self) -> Result<CausalLm> {
+        let _guard = tch::no_grad_guard();
+        let params: Weights = self
+            .params
+            .iter()
+            .filter(|(k, _)| !k.contains(".lora_"))
+            .map(|(k, t)| (k.clone(), t.detach().copy()))
+            .collect();
+        let mut copy = Self::assemble(self.config.clone(), params, self.device)?;
+        copy.compute = self.compute;
+        Ok(copy)
+    }
+
     /// Run `f` on the model with its LoRA adapters taken out (the base model), then put them
     /// back: DPO's reference without a second copy of the weights.
     pub fn without_lora<T>(&mut self, f: impl FnOnce(&CausalLm) -> T) -> T {

@@ -16,6 +16,7 @@ use tch::Tensor;
 use twin_config::TrainingConfig;
 
 use crate::data::{self, Examples, Row};
+use crate::dpo::Rewards;
 use crate::model::{Batch, CausalLm};
 use crate::optim::{self, AdamW, AdamWSettings};
 use crate::weights;
@@ -36,6 +37,9 @@ pub struct StepMetrics {
     pub grad_norm: f64,
     /// Tokens (padding excluded) per second of this step.
     pub tokens_per_second: f64,
+    /// Preference tuning's rewards of this step's pairs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rewards: Option<Rewards>,
 }
 
 /// An evaluation on the test split.
@@ -47,6 +51,9 @@ pub struct EvalMetrics {
     pub loss: f64,
     /// Target tokens evaluated.
     pub tokens: u64,
+    /// Preference tuning's rewards on the test pairs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rewards: Option<Rewards>,
 }
 
 /// Told of what training does, as it does it.
@@ -118,6 +125,89 @@ pub struct CheckpointState {
     pub total_steps: u64,
 }
 
+/// What one optimizer step's micro-batches gave.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepLoss {
+    /// The step's loss (what was differentiated).
+    pub loss: f64,
+    /// Tokens processed, padding excluded.
+    pub tokens: usize,
+    /// Preference tuning's rewards.
+    pub rewards: Option<Rewards>,
+}
+
+/// What a run optimises: supervised fine-tuning on rows, or preference tuning on pairs.
+pub trait Objective {
+    /// Training items (rows, or pairs) in an epoch.
+    fn items(&self) -> usize;
+    /// Whether there is a test split.
+    fn has_test(&self) -> bool;
+    /// Forward and backward over the step's micro-batches (item indexes), the loss normalised
+    /// over the whole step.
+    fn step(&mut self, model: &mut CausalLm, micro: &[Vec<usize>]) -> Result<StepLoss>;
+    /// The loss on the test split, without gradients.
+    fn evaluate(&mut self, model: &mut CausalLm, step: u64, batch: usize) -> EvalMetrics;
+}
+
+/// Supervised fine-tuning: cross-entropy on the target tokens of (packed) rows.
+pub struct Sft {
+    train: Vec<Row>,
+    test: Vec<Row>,
+    pad: i64,
+}
+
+impl Sft {
+    /// The rows of `examples` under `params` (packed or not), padded with `pad`.
+    pub fn new(examples: &Examples, params: &TrainingConfig, pad: i64) -> Self {
+        Self {
+            train: data::rows(&examples.train, params.max_seq_len, params.packing),
+            test: data::rows(&examples.test, params.max_seq_len, params.packing),
+            pad,
+        }
+    }
+}
+
+impl Objective for Sft {
+    fn items(&self) -> usize {
+        self.train.len()
+    }
+
+    fn has_test(&self) -> bool {
+        !self.test.is_empty()
+    }
+
+    fn step(&mut self, model: &mut CausalLm, micro: &[Vec<usize>]) -> Result<StepLoss> {
+        let rows: Vec<Vec<&Row>> = micro
+            .iter()
+            .map(|m| m.iter().map(|&i| &self.train[i]).collect())
+            .collect();
+        let targets: usize = rows
+            .iter()
+            .flat_map(|r| r.iter().map(|row| row.target_count()))
+            .sum();
+        let tokens = rows
+            .iter()
+            .flat_map(|r| r.iter().map(|row| row.tokens.len()))
+            .sum();
+        let mut loss_sum = 0.0;
+        for rows in &rows {
+            if let Some(sum) = summed_loss(model, rows, self.pad, model.device(), true) {
+                (&sum / targets.max(1) as f64).f_backward()?;
+                loss_sum += sum.double_value(&[]);
+            }
+        }
+        Ok(StepLoss {
+            loss: loss_sum / targets.max(1) as f64,
+            tokens,
+            rewards: None,
+        })
+    }
+
+    fn evaluate(&mut self, model: &mut CausalLm, step: u64, batch: usize) -> EvalMetrics {
+        evaluate(model, &self.test, batch, self.pad, step)
+    }
+}
+
 /// Check what would stop training before any time is spent on it.
 pub fn validate(params: &TrainingConfig, model: &CausalLm) -> Result<()> {
     let bad = |m: String| Err(TrainingError::Invalid(m));
@@ -158,12 +248,35 @@ pub fn train(
     stop: &AtomicBool,
     observer: &mut dyn Observer,
 ) -> Result<Outcome> {
+    let pad = model.config.eos_token_id.unwrap_or(0);
+    let mut objective = Sft::new(examples, params, pad);
+    optimize(
+        model,
+        &mut objective,
+        params,
+        checkpoints,
+        resume,
+        stop,
+        observer,
+    )
+}
+
+/// The training loop, for any objective: seeded per-epoch order of its items, accumulation,
+/// clipping, AdamW with warm-up and decay, evaluation, checkpoints and resume.
+pub fn optimize(
+    model: &mut CausalLm,
+    objective: &mut dyn Objective,
+    params: &TrainingConfig,
+    checkpoints: &Path,
+    resume: Option<&Path>,
+    stop: &AtomicBool,
+    observer: &mut dyn Observer,
+) -> Result<Outcome> {
     validate(params, model)?;
     // Dropout draws from libtorch's one generator, seeded per step below.
     let _rng = crate::torch_rng();
-    let train_rows = data::rows(&examples.train, params.max_seq_len, params.packing);
-    let test_rows = data::rows(&examples.test, params.max_seq_len, params.packing);
-    let plan = Plan::new(train_rows.len(), params);
+    let items = objective.items();
+    let plan = Plan::new(items, params);
     model.prepare_for_training();
     let trainable: BTreeMap<String, Tensor> = model
         .params()
@@ -185,8 +298,6 @@ pub fn train(
         let state = load_checkpoint(dir, &trainable, &mut adamw)?;
         total_steps = state.total_steps;
     }
-    let pad = model.config.eos_token_id.unwrap_or(0);
-    let device = model.device();
     let batch = params.batch_size.max(1);
     let accumulation = params.gradient_accumulation.max(1) as u64;
     let mut outcome = Outcome {
@@ -197,48 +308,31 @@ pub fn train(
         last_eval: None,
         checkpoint: None,
     };
-    // The row order of the current epoch, drawn once per epoch.
-    let mut order: (u64, Vec<usize>) = (0, data::epoch_order(train_rows.len(), params.seed, 0));
-    let mut micro_rows = |global: u64| -> Vec<&Row> {
+    // The item order of the current epoch, drawn once per epoch.
+    let mut order: (u64, Vec<usize>) = (0, data::epoch_order(items, params.seed, 0));
+    let mut micro_items = |global: u64| -> Vec<usize> {
         let epoch = global / plan.micro_batches_per_epoch;
         let within = (global % plan.micro_batches_per_epoch) as usize;
         if order.0 != epoch {
-            order = (
-                epoch,
-                data::epoch_order(train_rows.len(), params.seed, epoch),
-            );
+            order = (epoch, data::epoch_order(items, params.seed, epoch));
         }
         order
             .1
             .iter()
             .skip(within * batch)
             .take(batch)
-            .map(|i| &train_rows[*i])
+            .copied()
             .collect()
     };
     while adamw.step < total_steps {
         let step = adamw.step; // 0-based index of the step being taken
         let started = Instant::now();
         tch::manual_seed(params.seed as i64 ^ (step as i64).wrapping_mul(0x5851_F42D));
-        let micro: Vec<Vec<&Row>> = (0..accumulation)
-            .map(|a| micro_rows(step * accumulation + a))
+        let micro: Vec<Vec<usize>> = (0..accumulation)
+            .map(|a| micro_items(step * accumulation + a))
             .collect();
-        let targets: usize = micro
-            .iter()
-            .flat_map(|rows| rows.iter().map(|r| r.target_count()))
-            .sum();
-        let tokens: usize = micro
-            .iter()
-            .flat_map(|rows| rows.iter().map(|r| r.tokens.len()))
-            .sum();
         optim::zero_grad(&trainable);
-        let mut loss_sum = 0.0;
-        for rows in &micro {
-            if let Some(sum) = summed_loss(model, rows, pad, device, true) {
-                (&sum / targets.max(1) as f64).f_backward()?;
-                loss_sum += sum.double_value(&[]);
-            }
-        }
+        let result = objective.step(model, &micro)?;
         let grad_norm = optim::clip_grad_norm(&trainable, params.max_grad_norm);
         let lr = optim::learning_rate(
             params.learning_rate,
@@ -248,7 +342,7 @@ pub fn train(
             total_steps,
         );
         adamw.step(&trainable, lr);
-        let loss = loss_sum / targets.max(1) as f64;
+        let loss = result.loss;
         if !loss.is_finite() {
             return Err(TrainingError::Invalid(format!(
                 "the loss is {loss} at step {}: lower the learning rate",
@@ -261,7 +355,8 @@ pub fn train(
             loss,
             learning_rate: lr,
             grad_norm,
-            tokens_per_second: tokens as f64 / started.elapsed().as_secs_f64().max(1e-9),
+            tokens_per_second: result.tokens as f64 / started.elapsed().as_secs_f64().max(1e-9),
+            rewards: result.rewards,
         };
         outcome.steps = adamw.step;
         outcome.last_loss = Some(loss);
@@ -269,9 +364,9 @@ pub fn train(
         let last = adamw.step == total_steps;
         let interrupted = stop.load(Ordering::SeqCst) && !last;
         if (params.eval_every > 0 && adamw.step.is_multiple_of(params.eval_every) || last)
-            && !test_rows.is_empty()
+            && objective.has_test()
         {
-            let eval = evaluate(model, &test_rows, batch, pad, adamw.step);
+            let eval = objective.evaluate(model, adamw.step, batch);
             observer.eval(&eval);
             outcome.last_eval = Some(eval);
         }
@@ -344,6 +439,7 @@ pub fn evaluate(model: &CausalLm, rows: &[Row], batch: usize, pad: i64, step: u6
         step,
         loss: if tokens > 0 { sum / tokens as f64 } else { 0.0 },
         tokens,
+        rewards: None,
     }
 }
 

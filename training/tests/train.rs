@@ -299,3 +299,103 @@ async fn every_family_trains_with_lora_and_in_full() {
         }
     }
 }
+
+/// A preference dataset in TRL's layout: the chosen answers follow the pattern the SFT run
+/// learned, the rejected ones say something else.
+fn preference_files(dir: &std::path::Path, n: usize) -> std::path::PathBuf {
+    let folder = dir.join("preferences");
+    std::fs::create_dir_all(&folder).unwrap();
+    let sft = alpaca_files(&dir.join("sft-for-prefs"), n + n / 8);
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(sft.join("train.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let rejected = [
+        "No idea, ask someone else.",
+        "Whatever works, I never measure.",
+        "That is not worth a thought.",
+    ];
+    let pair = |v: &serde_json::Value, i: usize| {
+        serde_json::json!({
+            "prompt": v["instruction"],
+            "chosen": v["output"],
+            "rejected": rejected[i % 3],
+        })
+        .to_string()
+    };
+    let all: Vec<String> = lines.iter().enumerate().map(|(i, v)| pair(v, i)).collect();
+    std::fs::write(folder.join("train.jsonl"), all[..n].join("\n") + "\n").unwrap();
+    std::fs::write(folder.join("test.jsonl"), all[n..].join("\n") + "\n").unwrap();
+    folder
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dpo_after_sft_grows_the_margins_and_the_accuracy() {
+    let place = place().await;
+    let data = alpaca_files(place.dir.path(), 64);
+    let llama = checkpoint("llama").display().to_string();
+    let mut sft = request(&data, &llama, params(TrainingMethod::Lora, 40));
+    sft.register_as = Some("sft".into());
+    train_quietly(&place, sft).await.expect("sft");
+    let prefs = preference_files(place.dir.path(), 48);
+
+    let mut p = params(TrainingMethod::Dpo, 40);
+    p.learning_rate = 5e-3;
+    p.eval_every = 10;
+    let mut dpo = request(&prefs, "sft", p.clone());
+    dpo.register_as = Some("dpo".into());
+    let summary = train_quietly(&place, dpo).await.expect("dpo");
+    let curves = twin_training::runs::curves(place.warehouse.as_ref(), &summary.run_id)
+        .await
+        .unwrap();
+    let rewards: Vec<_> = curves
+        .train
+        .iter()
+        .map(|m| m.rewards.expect("rewards"))
+        .collect();
+    let mean = |v: &[twin_training::dpo::Rewards], f: fn(&twin_training::dpo::Rewards) -> f64| {
+        v.iter().map(f).sum::<f64>() / v.len() as f64
+    };
+    let (first, last) = (&rewards[..5], &rewards[35..]);
+    let (m0, m1) = (mean(first, |r| r.margins), mean(last, |r| r.margins));
+    let (a0, a1) = (mean(first, |r| r.accuracies), mean(last, |r| r.accuracies));
+    assert!(m1 > m0 + 0.5, "margins {m0:.3} -> {m1:.3}");
+    assert!(a1 > a0 && a1 >= 0.9, "accuracies {a0:.2} -> {a1:.2}");
+    // The test pairs too, by the evaluations.
+    let evals: Vec<_> = curves
+        .eval
+        .iter()
+        .map(|e| e.rewards.expect("eval rewards"))
+        .collect();
+    assert!(evals.last().unwrap().margins > evals.first().unwrap().margins);
+    let entry = summary.registered.expect("registered");
+    assert_eq!(entry.lineage.kind, "lora");
+    println!("DPO: margins {m0:.3} -> {m1:.3}, accuracies {a0:.2} -> {a1:.2}");
+
+    // IPO and an on-the-fly reference run too.
+    let mut ipo = p.clone();
+    ipo.max_steps = Some(3);
+    ipo.dpo.loss = "ipo".into();
+    ipo.dpo.reference = "on_the_fly".into();
+    train_quietly(&place, request(&prefs, "sft", ipo))
+        .await
+        .expect("ipo");
+
+    // Bad input: each dataset kind to the other method, and nonsense settings.
+    let err = refused(request(&prefs, &llama, params(TrainingMethod::Lora, 3))).await;
+    assert!(err.to_string().contains("is a preference dataset"), "{err}");
+    let err = refused(request(&data, &llama, params(TrainingMethod::Dpo, 3))).await;
+    assert!(
+        err.to_string().contains("no sample has a rejected answer"),
+        "{err}"
+    );
+    let mut bad = p.clone();
+    bad.dpo.beta = -1.0;
+    let err = refused(request(&prefs, &llama, bad)).await;
+    assert!(err.to_string().contains("beta"), "{err}");
+    let mut bad = p;
+    bad.dpo.loss = "hinge2".into();
+    let err = refused(request(&prefs, &llama, bad)).await;
+    assert!(err.to_string().contains("unknown DPO loss"), "{err}");
+}
