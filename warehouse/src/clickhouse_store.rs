@@ -988,6 +988,9 @@ impl Warehouse for ClickHouseWarehouse {
             .execute()
             .await
             .map_err(ch_err("run_metrics"))?;
+        // A mutation runs in the background: wait, so that the run's metrics are gone when
+        // this returns.
+        self.wait_for_mutations("run_metrics").await?;
         Ok(true)
     }
 
