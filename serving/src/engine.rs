@@ -195,7 +195,7 @@ impl Engine {
         }
         let model = LlmModel::load(dir, options.intra_threads)?;
         let info = model.info.clone();
-        let tokenizer = Arc::new(model.tokenizer.clone());
+        let tokenizer = model.tokenizer.clone();
         let template = model.template.clone();
         let opening = model.opening.clone();
         let (jobs, queue) = mpsc::channel();

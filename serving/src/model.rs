@@ -3,6 +3,7 @@
 //! context length, end-of-sequence tokens), and one forward pass over a batch.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use ort::session::builder::GraphOptimizationLevel;
 use ort::session::{Session, SessionInputValue};
@@ -40,8 +41,8 @@ pub struct LlmModel {
     session: Session,
     /// Facts about it.
     pub info: ModelInfo,
-    /// Its tokenizer.
-    pub tokenizer: Tokenizer,
+    /// Its tokenizer, shared with the engine's callers.
+    pub tokenizer: Arc<Tokenizer>,
     /// Its chat template.
     pub template: ChatTemplate,
     /// What the tokenizer puts before a text (Llama's BOS).
@@ -211,7 +212,7 @@ impl LlmModel {
                 context_length,
                 eos_token_ids,
             },
-            tokenizer,
+            tokenizer: Arc::new(tokenizer),
             template,
             opening,
         })

@@ -350,19 +350,12 @@ fn advice(c: &ModelConfig, request: &PlanRequest) -> Vec<String> {
 }
 
 fn plan_fits(c: &ModelConfig, request: &PlanRequest) -> bool {
-    let n = request.gpus.max(1);
-    let probe = PlanRequest {
-        gpus: n,
+    // Planned with unlimited memory, so that no advice is sought (it would recurse).
+    let unlimited = PlanRequest {
+        device_memory: u64::MAX,
         ..request.clone()
     };
-    plan_memory(c, &probe) <= request.device_memory as f64
-}
-
-fn plan_memory(c: &ModelConfig, request: &PlanRequest) -> f64 {
-    // Without advice, to avoid recursing.
-    let mut r = request.clone();
-    r.device_memory = u64::MAX;
-    plan(c, &r).per_device.total()
+    plan(c, &unlimited).per_device.total() <= request.device_memory as f64
 }
 
 /// Bytes as GiB with one decimal.
