@@ -6,10 +6,11 @@
 //! by `RUST_LOG`.
 //!
 //! A module per role's commands: [`ingest`], [`stream`] (with `dlq`), [`snapshot`],
-//! [`dataset`], [`train`] (with `runs`), [`log`], [`models`]; [`signals`] holds what long-running roles share (stopping
+//! [`dataset`], [`train`] (with `runs`), [`generate`], [`eval`], [`log`], [`models`]; [`signals`] holds what long-running roles share (stopping
 //! on a signal, serving metrics).
 
 mod dataset;
+mod eval;
 mod generate;
 mod ingest;
 mod log;
@@ -109,6 +110,11 @@ enum Command {
     /// Generate text from a model on ONNX Runtime and stream it to the terminal, for a quick
     /// try (a registry model or checkpoint is exported to ONNX on first use).
     Generate(Box<GenerateArgs>),
+    /// Evaluate models on a dataset's test split: perplexity of the author's answers, answers
+    /// generated with fixed seeds scored by embedding similarity, ROUGE-L and length, and with
+    /// `--judge` an LLM judge's accuracy and style. Results are recorded with the runs; two or
+    /// more models are printed side by side.
+    Eval(Box<EvalArgs>),
     /// Serve retrieval-augmented generation over HTTP (not built yet).
     Serve,
     /// Inspect the configuration.
@@ -233,6 +239,47 @@ pub struct GenerateArgs {
     #[arg(long)]
     pub stop: Vec<String>,
     /// `text` (the text streamed) or `json` (the completion, once done).
+    #[arg(long, default_value = "text")]
+    pub format: String,
+}
+
+/// `twin eval` options.
+#[derive(Debug, clap::Args)]
+pub struct EvalArgs {
+    /// The models: `name[@vN]` of the registry, checkpoint or adapter folders (exported to ONNX
+    /// on first use for generation).
+    #[arg(required = true)]
+    pub models: Vec<String>,
+    /// The dataset whose test split is evaluated on: an id, name or prefix, or a folder or
+    /// file of samples.
+    #[arg(long)]
+    pub dataset: String,
+    /// An LLM judge: the name of a `[datasets.generators.NAME]` endpoint, or the base url of
+    /// an OpenAI-compatible API (`http://localhost:8000/v1`; key from `OPENAI_API_KEY`).
+    #[arg(long, value_name = "ENDPOINT")]
+    pub judge: Option<String>,
+    /// The judge's model when `--judge` is a url [default: `[evaluation] judge_model`].
+    #[arg(long)]
+    pub judge_model: Option<String>,
+    /// Test samples evaluated, the first of the split (0: all) [default: `[evaluation]`].
+    #[arg(long)]
+    pub samples: Option<usize>,
+    /// Most tokens per generated answer.
+    #[arg(long)]
+    pub max_tokens: Option<usize>,
+    /// Sampling temperature of the answers (0: greedy).
+    #[arg(long, allow_negative_numbers = true)]
+    pub temperature: Option<f32>,
+    /// Nucleus sampling of the answers.
+    #[arg(long, allow_negative_numbers = true)]
+    pub top_p: Option<f32>,
+    /// Seed of the answers (sample i uses seed + i).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Also draw the evaluations as bar charts to FILE.png and FILE.svg.
+    #[arg(long, value_name = "FILE")]
+    pub chart: Option<PathBuf>,
+    /// `text` (a table) or `json` (the evaluations).
     #[arg(long, default_value = "text")]
     pub format: String,
 }
@@ -690,6 +737,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Train(args) => train::train(&config, *args).await,
         Command::Runs { command } => train::runs(&config, command).await,
         Command::Generate(args) => generate::generate(&config, *args).await,
+        Command::Eval(args) => eval::eval(&config, *args).await,
         Command::Serve => not_built("serve", "a serving issue"),
     }
 }

@@ -11,8 +11,10 @@ use anyhow::{bail, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use twin_config::{LrSchedule, TrainingConfig, TrainingMethod, TwinConfig};
 use twin_training::job::{self, TrainRequest};
-use twin_training::runs;
+use twin_training::runs::{self, RunKind};
 use twin_training::trainer::{EvalMetrics, Observer, StepMetrics};
+
+use twin_evaluation::{report, Evaluation};
 
 use crate::snapshot::time;
 use crate::{RunsCommand, TrainArgs};
@@ -269,7 +271,10 @@ pub async fn runs(config: &TwinConfig, command: RunsCommand) -> Result<ExitCode>
                     "{}  {:<11} {:<5} {}  {}  steps {}/{}  loss {}  eval {}  {}{}",
                     record.id,
                     record.status,
-                    method_name(&info.params),
+                    match info.kind {
+                        RunKind::Evaluation => "eval",
+                        RunKind::Training => method_name(&info.params),
+                    },
                     info.model,
                     info.dataset,
                     result.map_or(0, |r| r.steps),
@@ -295,7 +300,13 @@ pub async fn runs(config: &TwinConfig, command: RunsCommand) -> Result<ExitCode>
                 println!("name: {name}");
             }
             println!("started: {}", time(record.created_at));
-            println!("{}", serde_json::to_string_pretty(&info)?);
+            match info.kind {
+                RunKind::Training => println!("{}", serde_json::to_string_pretty(&info)?),
+                RunKind::Evaluation => println!(
+                    "an evaluation of {} ({}, {} parameters) on {}; it trained nothing",
+                    info.model, info.family, info.parameters, info.dataset
+                ),
+            }
             println!("steps recorded: {}", curves.train.len());
             let rewards = |r: Option<twin_training::dpo::Rewards>| {
                 r.map_or(String::new(), |r| {
@@ -325,6 +336,17 @@ pub async fn runs(config: &TwinConfig, command: RunsCommand) -> Result<ExitCode>
                     rewards(m.rewards)
                 );
             }
+            let evaluations = report::recorded(warehouse.as_ref(), &record.id).await?;
+            if !evaluations.is_empty() {
+                println!("evaluations (twin eval):");
+                let columns: Vec<(String, &Evaluation)> = evaluations
+                    .iter()
+                    .map(|e| (format!("{} {}", e.model, time(e.created_at)), e))
+                    .collect();
+                for line in report::table(&columns).lines() {
+                    println!("  {line}");
+                }
+            }
         }
         RunsCommand::Compare {
             runs: keys,
@@ -341,11 +363,30 @@ pub async fn runs(config: &TwinConfig, command: RunsCommand) -> Result<ExitCode>
                     .join(format!("compare-{}", ids.join("-")))
             });
             let curves: Vec<(String, runs::Curves)> = compared
-                .into_iter()
-                .map(|(r, _, c)| (r.name.unwrap_or(r.id), c))
+                .iter()
+                .map(|(r, _, c)| (r.name.clone().unwrap_or_else(|| r.id.clone()), c.clone()))
                 .collect();
             let (png, svg) = runs::plot(&curves, &out)?;
             println!("loss curves: {} and {}", png.display(), svg.display());
+            // Each run's latest evaluation, side by side and as bar charts.
+            let mut evaluated: Vec<(String, Evaluation)> = Vec::new();
+            for (record, _, _) in &compared {
+                if let Some(latest) = report::recorded(warehouse.as_ref(), &record.id)
+                    .await?
+                    .pop()
+                {
+                    let label = record.name.clone().unwrap_or_else(|| record.id.clone());
+                    evaluated.push((label, latest));
+                }
+            }
+            if !evaluated.is_empty() {
+                let columns: Vec<(String, &Evaluation)> =
+                    evaluated.iter().map(|(n, e)| (n.clone(), e)).collect();
+                println!("\nlatest evaluations (twin eval):");
+                print!("{}", report::table(&columns));
+                let (png, svg) = report::chart(&columns, &eval_chart_path(&out))?;
+                println!("evaluation charts: {} and {}", png.display(), svg.display());
+            }
         }
         RunsCommand::Delete { run } => {
             let Some(record) = twin_warehouse::find_run(warehouse.as_ref(), &run).await? else {
@@ -358,6 +399,16 @@ pub async fn runs(config: &TwinConfig, command: RunsCommand) -> Result<ExitCode>
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `OUT-eval`, beside the loss curves' `OUT`.
+fn eval_chart_path(out: &Path) -> PathBuf {
+    let mut name = out
+        .file_stem()
+        .map(|s| s.to_os_string())
+        .unwrap_or_default();
+    name.push("-eval");
+    out.with_file_name(name)
 }
 
 fn method_name(p: &TrainingConfig) -> &'static str {

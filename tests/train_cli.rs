@@ -565,3 +565,275 @@ fn train_plan_sizes_runs_and_train_refuses_one_that_cannot_fit() {
     );
     assert!(!d.join("data/registry").exists(), "nothing was registered");
 }
+
+/// An author's short posts: the training split and, on other subjects in the same voice, the
+/// test split.
+fn author_samples(dir: &Path) {
+    let posts = [
+        ("Why keep an event log?", "Keep the log as the truth. Every table you have is a projection, and a projection you can rebuild is a projection you can fix: replay it, do not patch rows."),
+        ("How should a crawler retry?", "Back off when the server asks you to. A client that retries at once turns a small outage into a long one, for you and for everyone else."),
+        ("What makes a good chunk?", "A good chunk is a thought, not a page. Cut where the author changed subject, keep the heading with it, and measure how retrieval does before you tune anything."),
+        ("Do I need a vector database?", "Start with the warehouse you have. When search has to be fast over millions of chunks, move the vectors out, and keep the warehouse as the truth."),
+        ("How do you test a pipeline?", "Test it against the real thing: a real broker, a real database, real model weights. A mock tells you that your mock works."),
+        ("What is a dead letter?", "A dead letter is an event you could not handle yet. Keep it with the reason, fix the reason, and replay it. Never drop it on the floor."),
+        ("Why snapshots for training data?", "Because you will want to know what a model saw. Pin the positions of the log, build the dataset from them, and the run can always be repeated."),
+        ("How big should a batch be?", "As big as the memory allows and no bigger. Then measure tokens per second, not steps per second, because steps lie about padding."),
+        ("Should I fine-tune or use retrieval?", "Both. Fine-tuning teaches the tone, retrieval brings the facts. The twin sounds like the author and stays correct."),
+        ("How do you read a loss curve?", "Look at the evaluation loss, not the training loss. When the two part ways, the model has started to memorise, and you should stop."),
+        ("What is LoRA good for?", "LoRA trains a few small matrices beside frozen weights. You keep one base and many adapters, and each adapter fits in an email."),
+        ("Why measure twice?", "Because the first number is usually the warm-up. Run the benchmark twice, side by side with the baseline, and report both figures."),
+    ];
+    let tests = [
+        ("How do you rebuild a table?", "Replay the log. The table is a projection, so you drop it and rebuild it from the events, and the bug you fixed is gone from every row."),
+        ("What should a client do on a 429?", "Back off for as long as the server says, then try again. Retrying at once only makes the outage longer for everyone."),
+        ("Where do the facts of a twin come from?", "From retrieval. Fine-tuning teaches the tone of the author, and retrieval brings the facts, so the twin stays correct."),
+        ("When should training stop?", "When the evaluation loss stops falling. Past that point the model memorises the training set, and you should stop the run."),
+    ];
+    let folder = dir.join("author");
+    std::fs::create_dir_all(&folder).unwrap();
+    let lines = |items: &[(&str, &str)]| -> String {
+        items
+            .iter()
+            .map(|(q, a)| serde_json::json!({"instruction": q, "output": a}).to_string())
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    std::fs::write(folder.join("train.jsonl"), lines(&posts)).unwrap();
+    std::fs::write(folder.join("test.jsonl"), lines(&tests)).unwrap();
+}
+
+/// An OpenAI-compatible endpoint that answers every chat completion with `content`.
+fn judge_server(
+    runtime: &tokio::runtime::Runtime,
+    content: &str,
+) -> twin_testkit::fixture::FixtureServer {
+    let server = runtime
+        .block_on(twin_testkit::fixture::FixtureServer::start())
+        .unwrap();
+    let body = serde_json::json!({
+        "id": "chatcmpl-1", "object": "chat.completion", "model": "judge",
+        "choices": [{ "index": 0, "finish_reason": "stop",
+                      "message": { "role": "assistant", "content": content } }]
+    });
+    server.put(
+        "/v1/chat/completions",
+        twin_testkit::fixture::Route::json(body.to_string()),
+    );
+    server
+}
+
+#[test]
+fn eval_puts_the_base_and_the_fine_tuned_model_side_by_side() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    author_samples(d);
+    twin(d, &["dataset", "import", "author", "--name", "author"]);
+    // The base is a copy, so that its ONNX export goes to the test's folder.
+    let base = d.join("base");
+    std::fs::create_dir_all(&base).unwrap();
+    for entry in std::fs::read_dir(checkpoint("llama")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            std::fs::copy(&path, base.join(path.file_name().unwrap())).unwrap();
+        }
+    }
+    let mut args = vec![
+        "train",
+        "--dataset",
+        "author",
+        "--model",
+        "base",
+        "--max-steps",
+        "40",
+        "--name",
+        "sft",
+        "--register-as",
+        "twin",
+    ];
+    args.extend(SHORT);
+    twin(d, &args);
+
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let verdict = serde_json::json!({
+        "accuracy": {"score": 2, "reason": "On the subject, with omissions."},
+        "style": {"score": 3, "reason": "Reads like the author."}
+    });
+    let judge = judge_server(&runtime, &verdict.to_string());
+    let judge_url = judge.url("/v1");
+    let eval = |models: &[&str], judge_url: &str| {
+        let mut args = vec!["eval"];
+        args.extend(models);
+        args.extend([
+            "--dataset",
+            "author",
+            "--max-tokens",
+            "12",
+            "--judge",
+            judge_url,
+            "--format",
+            "json",
+        ]);
+        twin_command(d, &args)
+            .env("OPENAI_API_KEY", "sk-eval-test")
+            .output()
+            .unwrap()
+    };
+    let out = eval(&["base", "twin"], &judge_url);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let results: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let (base_eval, twin_eval) = (&results[0], &results[1]);
+    let ppl = |e: &serde_json::Value| e["perplexity"]["perplexity"].as_f64().unwrap();
+    assert!(
+        ppl(twin_eval) < ppl(base_eval) / 2.0,
+        "the fine-tuned model finds the author's test answers less surprising: {} vs {}",
+        ppl(twin_eval),
+        ppl(base_eval)
+    );
+    for e in &results {
+        assert_eq!(e["samples"], 4);
+        assert_eq!(e["generation"]["answers"], 4);
+        for key in ["cosine", "rouge_l"] {
+            let v = e["generation"][key].as_f64().unwrap();
+            assert!((-1.0..=1.0).contains(&v), "{key} {v}");
+        }
+        assert_eq!(e["judge"]["accuracy"], 2.0);
+        assert_eq!(e["judge"]["style"], 3.0);
+        assert_eq!(e["judge"]["judged"], 4);
+        // The answers, their scores and the judge's reasons are kept.
+        let file = d.join(e["answers_file"].as_str().unwrap());
+        let lines = std::fs::read_to_string(&file).unwrap();
+        assert_eq!(lines.lines().count(), 4);
+        assert!(lines.contains("Reads like the author."));
+    }
+    // The same seed gives the same answers.
+    let again = eval(&["twin"], &judge_url);
+    let again: Vec<serde_json::Value> = serde_json::from_slice(&again.stdout).unwrap();
+    assert_eq!(
+        again[0]["generation"]["rouge_l"],
+        twin_eval["generation"]["rouge_l"]
+    );
+    assert_eq!(again[0]["perplexity"], twin_eval["perplexity"]);
+
+    // Recorded with the training run of `twin`, and with an evaluation run of the base.
+    let list = stdout(&twin(d, &["runs", "list"]));
+    let train_run = list
+        .lines()
+        .find(|l| l.contains("(sft)"))
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
+    assert_eq!(twin_eval["run_id"], train_run.as_str());
+    let base_run = base_eval["run_id"].as_str().unwrap().to_string();
+    assert!(
+        list.contains("evaluated") && list.contains(&base_run),
+        "{list}"
+    );
+    let show = stdout(&twin(d, &["runs", "show", &train_run]));
+    assert!(show.contains("evaluations (twin eval)"), "{show}");
+    let columns = show
+        .lines()
+        .find(|l| l.trim_start().starts_with("twin "))
+        .unwrap();
+    assert_eq!(
+        columns.matches("twin ").count(),
+        2,
+        "two evaluations: {show}"
+    );
+    let compare = stdout(&twin(d, &["runs", "compare", &base_run, &train_run]));
+    assert!(compare.contains("latest evaluations"), "{compare}");
+    let perplexity_row = compare
+        .lines()
+        .find(|l| l.starts_with("perplexity"))
+        .unwrap();
+    assert!(
+        perplexity_row.trim_end().ends_with('*'),
+        "the fine-tuned one is best: {perplexity_row}"
+    );
+    let chart = d.join(format!("data/runs/compare-{base_run}-{train_run}-eval"));
+    for ext in ["png", "svg"] {
+        assert!(chart.with_extension(ext).exists(), "{ext}");
+    }
+    // The text table puts them side by side.
+    let out = twin_command(
+        d,
+        &[
+            "eval",
+            "base",
+            "twin",
+            "--dataset",
+            "author",
+            "--max-tokens",
+            "4",
+        ],
+    )
+    .output()
+    .unwrap();
+    let table = stdout(&out);
+    assert!(
+        table.lines().next().unwrap().contains("base") && table.contains("twin"),
+        "{table}"
+    );
+
+    // A judge that answers garbage: a clear error, and nothing recorded.
+    let garbage = judge_server(&runtime, "What a lovely answer! I'd give it a solid B+.");
+    let evaluations = |run: &str| {
+        std::fs::read_dir(d.join("data/runs").join(run).join("evaluations"))
+            .map(|r| r.count())
+            .unwrap_or(0)
+    };
+    let before = (
+        evaluations(&train_run),
+        stdout(&twin(d, &["runs", "show", &train_run])),
+    );
+    let out = eval(&["twin"], &garbage.url("/v1"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("judge") && stderr.contains("not the JSON asked for"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("recorded nothing"), "{stderr}");
+    assert_eq!(
+        (
+            evaluations(&train_run),
+            stdout(&twin(d, &["runs", "show", &train_run]))
+        ),
+        before
+    );
+
+    // Bad input: clear errors.
+    let fails = |args: &[&str], expected: &str| {
+        let out = twin_command(d, args).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+    };
+    std::fs::create_dir_all(d.join("only-train")).unwrap();
+    std::fs::copy(
+        d.join("author/train.jsonl"),
+        d.join("only-train/train.jsonl"),
+    )
+    .unwrap();
+    fails(
+        &["eval", "twin", "--dataset", "only-train"],
+        "no test split",
+    );
+    fails(
+        &["eval", "twin", "--dataset", "author", "--judge", "nosuch"],
+        "neither an http(s) url nor a configured endpoint",
+    );
+    fails(
+        &["eval", "nosuch", "--dataset", "author"],
+        "unknown model `nosuch`",
+    );
+    fails(
+        &["eval", "twin", "--dataset", "author", "--temperature", "-1"],
+        "invalid `temperature`",
+    );
+}

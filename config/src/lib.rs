@@ -21,11 +21,11 @@ use figment::Figment;
 pub use layout::DataLayout;
 pub use model::{
     AuthorConfig, ChunkRule, ChunkingConfig, ClickHouseConfig, DatasetsConfig, DpoConfig,
-    EmbeddedLogConfig, EmbeddingConfig, GenerationConfig, GeneratorConfig, GithubConfig,
-    HttpConfig, IngestConfig, KafkaConfig, LogBackend, LogConfig, LoraConfig, LrSchedule,
-    MetricsConfig, QdrantConfig, SourceConfig, StreamConfig, StructuredOutput, TemplateConfig,
-    TopicNames, TrainingConfig, TrainingMethod, TwinConfig, VectorStoreBackend, VectorStoreConfig,
-    WarehouseBackend, WarehouseConfig,
+    EmbeddedLogConfig, EmbeddingConfig, EvaluationConfig, GenerationConfig, GeneratorConfig,
+    GithubConfig, HttpConfig, IngestConfig, KafkaConfig, LogBackend, LogConfig, LoraConfig,
+    LrSchedule, MetricsConfig, QdrantConfig, SourceConfig, StreamConfig, StructuredOutput,
+    TemplateConfig, TopicNames, TrainingConfig, TrainingMethod, TwinConfig, VectorStoreBackend,
+    VectorStoreConfig, WarehouseBackend, WarehouseConfig,
 };
 
 /// The file read when none is named.

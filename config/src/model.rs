@@ -40,6 +40,8 @@ pub struct TwinConfig {
     pub training: TrainingConfig,
     /// How the generation engine batches (`twin generate`, `twin serve`).
     pub generation: GenerationConfig,
+    /// How `twin eval` evaluates a model.
+    pub evaluation: EvaluationConfig,
 }
 
 impl Default for TwinConfig {
@@ -59,6 +61,7 @@ impl Default for TwinConfig {
             datasets: DatasetsConfig::default(),
             training: TrainingConfig::default(),
             generation: GenerationConfig::default(),
+            evaluation: EvaluationConfig::default(),
         }
     }
 }
@@ -918,6 +921,40 @@ impl Default for GenerationConfig {
             max_batch_size: 16,
             max_batch_tokens: 32_768,
             threads: 0,
+        }
+    }
+}
+
+/// How `twin eval` evaluates (`[evaluation]`; each value also a `twin eval` option).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EvaluationConfig {
+    /// Test samples evaluated (the first ones of the test split, in its order); 0: all.
+    pub samples: usize,
+    /// Most tokens of each generated answer.
+    pub max_tokens: usize,
+    /// Sampling temperature of the answers (0: greedy).
+    pub temperature: f32,
+    /// Nucleus sampling of the answers (1: off).
+    pub top_p: f32,
+    /// Seed of the answers: sample `i` is drawn with `seed + i`, so an evaluation repeats.
+    pub seed: u64,
+    /// Rows per batch when computing perplexity.
+    pub batch_size: usize,
+    /// The judge's model, when `--judge` is a url rather than a configured endpoint.
+    pub judge_model: String,
+}
+
+impl Default for EvaluationConfig {
+    fn default() -> Self {
+        Self {
+            samples: 100,
+            max_tokens: 256,
+            temperature: 0.7,
+            top_p: 0.9,
+            seed: 42,
+            batch_size: 4,
+            judge_model: "gpt-4o-mini".into(),
         }
     }
 }

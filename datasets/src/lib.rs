@@ -29,7 +29,9 @@ use std::path::PathBuf;
 
 pub use build::{build, BuildParams, BuildStats, Built, Method};
 pub use formats::Format;
-pub use generator::{Generator, GeneratorStats, OfflineGenerator, OpenAiGenerator};
+pub use generator::{
+    ChatClient, Failure, Generator, GeneratorStats, OfflineGenerator, OpenAiGenerator,
+};
 pub use sample::{DatasetKind, Sample, Split};
 
 /// What can go wrong building, storing, exporting or importing a dataset.

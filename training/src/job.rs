@@ -597,6 +597,7 @@ pub async fn train(
     let run_id = runs::new_run_id(created_at);
     let ready = prepare(&request, layout, warehouse.as_ref(), &run_id).await?;
     let info = RunInfo {
+        kind: runs::RunKind::Training,
         params: request.params.clone(),
         model: ready.prepared.source.clone(),
         family: ready.prepared.model.config.family.model_type().into(),
@@ -669,6 +670,12 @@ pub async fn resume(
         )));
     }
     let info = runs::info(&record)?;
+    if info.kind == runs::RunKind::Evaluation {
+        return Err(TrainingError::Invalid(format!(
+            "run {} is an evaluation (twin eval): it trained nothing, so nothing resumes",
+            record.id
+        )));
+    }
     let dir = run_dir(layout, &record.id);
     let checkpoint = trainer::latest_checkpoint(&dir.join("checkpoints")).ok_or_else(|| {
         TrainingError::Invalid(format!(

@@ -23,9 +23,25 @@ pub fn code_version() -> String {
     }
 }
 
+/// What a run did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunKind {
+    /// It trained a model.
+    #[default]
+    Training,
+    /// It only evaluated a model that no run of ours trained (a base checkpoint): `twin eval`
+    /// records such an evaluation as a run of its own, so that it can be compared with the
+    /// runs that trained.
+    Evaluation,
+}
+
 /// What a run's record holds.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunInfo {
+    /// Training, or an evaluation only.
+    #[serde(default)]
+    pub kind: RunKind,
     /// The training parameters, as resolved (config, then options).
     pub params: TrainingConfig,
     /// The model trained from: a folder, a registry name, or `init:CONFIG`.
@@ -176,11 +192,14 @@ pub fn compare_table(runs: &[(RunRecord, RunInfo, Curves)], all: bool) -> String
         .iter()
         .map(|(_, info, _)| {
             let mut map = BTreeMap::new();
-            flatten(
-                "",
-                &serde_json::to_value(&info.params).unwrap_or_default(),
-                &mut map,
-            );
+            // An evaluation-only run trained nothing: it has no parameters to show.
+            if info.kind == RunKind::Training {
+                flatten(
+                    "",
+                    &serde_json::to_value(&info.params).unwrap_or_default(),
+                    &mut map,
+                );
+            }
             map.insert("model".into(), info.model.clone());
             map.insert("dataset".into(), info.dataset.clone());
             map.insert(
@@ -235,16 +254,28 @@ pub fn compare_table(runs: &[(RunRecord, RunInfo, Curves)], all: bool) -> String
             })
             .collect(),
     ));
+    aligned(&rows)
+}
+
+/// Rows of a label and one value per column, as aligned text columns.
+pub fn aligned(rows: &[(String, Vec<String>)]) -> String {
+    let columns = rows.iter().map(|(_, v)| v.len()).max().unwrap_or(0);
     let width0 = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
-    let widths: Vec<usize> = (0..runs.len())
-        .map(|i| rows.iter().map(|(_, v)| v[i].len()).max().unwrap_or(0))
+    let widths: Vec<usize> = (0..columns)
+        .map(|i| {
+            rows.iter()
+                .map(|(_, v)| v.get(i).map_or(0, String::len))
+                .max()
+                .unwrap_or(0)
+        })
         .collect();
     let mut out = String::new();
     for (key, values) in rows {
-        out.push_str(&format!("{key:<width0$}"));
+        let mut line = format!("{key:<width0$}");
         for (v, w) in values.iter().zip(&widths) {
-            out.push_str(&format!("  {v:<w$}"));
+            line.push_str(&format!("  {v:<w$}"));
         }
+        out.push_str(line.trim_end());
         out.push('\n');
     }
     out
@@ -272,8 +303,8 @@ fn flatten(prefix: &str, value: &serde_json::Value, out: &mut BTreeMap<String, S
 }
 
 /// Register a font for chart text, once: DejaVu Sans or Liberation Sans from the system. Without
-/// one, charts are drawn without text.
-fn chart_font() -> bool {
+/// one, charts are drawn without text. Returns whether there is one.
+pub fn chart_font() -> bool {
     static FONT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *FONT.get_or_init(|| {
         let candidates = [

@@ -88,7 +88,7 @@ pub struct Outcome {
 }
 
 /// How many steps a run takes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Plan {
     /// Rows of the training split.
     pub rows: u64,

@@ -2,7 +2,8 @@
 //! answers, instruction/answer pairs drawn from a passage, or a plain answer to an instruction
 //! (the rejected side of a preference pair).
 //!
-//! - [`openai::OpenAiGenerator`]: any OpenAI-compatible chat-completions endpoint, with
+//! - [`openai::OpenAiGenerator`]: any OpenAI-compatible chat-completions endpoint (through
+//!   [`openai::ChatClient`], which `twin eval`'s judge also asks through), with
 //!   structured JSON answers checked against their schema, retries, and an answer cache.
 //! - [`offline::OfflineGenerator`]: no LLM; instructions from the document's structure.
 //! - [`cache::AnswerCache`]: answers by request hash, so that an interrupted build resumes
@@ -18,7 +19,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 pub use self::offline::OfflineGenerator;
-pub use self::openai::OpenAiGenerator;
+pub use self::openai::{ChatClient, OpenAiGenerator};
 use crate::source::Passage;
 
 /// An instruction and its answer, drawn from a passage.

@@ -112,14 +112,20 @@ fn filled(field: &str, value: &str) -> Result<(), String> {
     }
 }
 
-/// The generator.
-pub struct OpenAiGenerator {
+/// A client of an OpenAI-compatible chat-completions endpoint that asks for JSON of a schema
+/// and returns it parsed and checked: what the generator and `twin eval`'s judge ask through.
+pub struct ChatClient {
     name: String,
     config: GeneratorConfig,
     api_key: Option<String>,
     client: reqwest::Client,
-    cache: Arc<AnswerCache>,
+    cache: Option<Arc<AnswerCache>>,
     stats: GeneratorStats,
+}
+
+/// The generator.
+pub struct OpenAiGenerator {
+    chat: ChatClient,
 }
 
 /// How one try ended.
@@ -135,6 +141,16 @@ enum Attempt {
 impl OpenAiGenerator {
     /// The generator `name` of the configuration, its answers cached in `cache_path`.
     pub fn new(name: &str, config: &GeneratorConfig, cache_path: &Path) -> Result<Self> {
+        Ok(Self {
+            chat: ChatClient::new(name, config, Some(cache_path))?,
+        })
+    }
+}
+
+impl ChatClient {
+    /// A client of the endpoint `name` of the configuration; with `cache_path`, answers are
+    /// cached there by request hash (and asked again only when the request changes).
+    pub fn new(name: &str, config: &GeneratorConfig, cache_path: Option<&Path>) -> Result<Self> {
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(config.timeout_secs.max(1)))
             .build()
@@ -147,7 +163,10 @@ impl OpenAiGenerator {
             config: config.clone(),
             api_key: config.resolve_api_key(),
             client,
-            cache: Arc::new(AnswerCache::open(cache_path)?),
+            cache: match cache_path {
+                Some(path) => Some(Arc::new(AnswerCache::open(path)?)),
+                None => None,
+            },
             stats: GeneratorStats::default(),
         })
     }
@@ -159,8 +178,23 @@ impl OpenAiGenerator {
         )
     }
 
+    /// The endpoint's name and model, `NAME:MODEL`.
+    pub fn name(&self) -> String {
+        format!("{}:{}", self.name, self.config.model)
+    }
+
+    /// Its configuration.
+    pub fn config(&self) -> &GeneratorConfig {
+        &self.config
+    }
+
+    /// Its counters.
+    pub fn stats(&self) -> &GeneratorStats {
+        &self.stats
+    }
+
     /// The request body: the same request always gives the same body, and so the same hash.
-    fn body(&self, system: &str, user: &str, schema_name: &str, schema: &Value) -> Value {
+    pub fn body(&self, system: &str, user: &str, schema_name: &str, schema: &Value) -> Value {
         let mut body = json!({
             "model": self.config.model,
             "messages": [
@@ -184,8 +218,10 @@ impl OpenAiGenerator {
         body
     }
 
-    /// Ask, parse and check; from the cache when it was asked before.
-    async fn ask<T: DeserializeOwned>(
+    /// Ask, parse and check; from the cache when it was asked before. An answer that does not
+    /// parse or pass `check` is asked once more, then given up as [`Failure::Dropped`] with
+    /// the reason.
+    pub async fn ask<T: DeserializeOwned>(
         &self,
         body: Value,
         check: impl Fn(&T) -> Result<(), String>,
@@ -198,7 +234,11 @@ impl OpenAiGenerator {
             check(&value)?;
             Ok(value)
         };
-        match self.cache.get(&key) {
+        let cached = match &self.cache {
+            Some(cache) => cache.get(&key),
+            None => Ok(None),
+        };
+        match cached {
             Ok(Some(Cached::Answer(content))) => {
                 if let Ok(value) = parse(&content) {
                     self.stats.add(Counter::Cached, 1);
@@ -227,9 +267,7 @@ impl OpenAiGenerator {
             };
             match parse(&content) {
                 Ok(value) => {
-                    if let Err(e) = self.cache.put(&key, &Cached::Answer(content)) {
-                        warn!(error = %e, "answer not cached");
-                    }
+                    self.remember(&key, &Cached::Answer(content));
                     return Ok(value);
                 }
                 Err(why) => {
@@ -240,11 +278,17 @@ impl OpenAiGenerator {
             }
         }
         self.stats.add(Counter::Dropped, 1);
-        warn!(generator = %self.name, reason = %reason, "answer invalid twice: sample dropped");
-        if let Err(e) = self.cache.put(&key, &Cached::Invalid(reason.clone())) {
-            warn!(error = %e, "answer not cached");
-        }
+        warn!(endpoint = %self.name, reason = %reason, "answer invalid twice: given up");
+        self.remember(&key, &Cached::Invalid(reason.clone()));
         Err(Failure::Dropped(reason))
+    }
+
+    fn remember(&self, key: &str, answer: &Cached) {
+        if let Some(cache) = &self.cache {
+            if let Err(e) = cache.put(key, answer) {
+                warn!(error = %e, "answer not cached");
+            }
+        }
     }
 
     /// Send one request, trying again while a try can help.
@@ -393,25 +437,23 @@ fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
 #[async_trait]
 impl Generator for OpenAiGenerator {
     fn name(&self) -> String {
-        format!("{}:{}", self.name, self.config.model)
+        self.chat.name()
     }
 
     fn fingerprint(&self) -> String {
+        let config = self.chat.config();
         format!(
             "openai {} {} t={} max={} {INSTRUCTION} {PAIRS} {PLAIN}",
-            self.config.base_url,
-            self.config.model,
-            self.config.temperature,
-            self.config.max_tokens
+            config.base_url, config.model, config.temperature, config.max_tokens
         )
     }
 
     fn concurrency(&self) -> usize {
-        self.config.concurrency.max(1)
+        self.chat.config().concurrency.max(1)
     }
 
     fn stats(&self) -> &GeneratorStats {
-        &self.stats
+        self.chat.stats()
     }
 
     async fn instruction(&self, passage: &Passage) -> Generated<String> {
@@ -420,13 +462,14 @@ impl Generator for OpenAiGenerator {
             user.push_str(&format!("Section: {heading}\n"));
         }
         user.push_str(&format!("\nText:\n{}", passage.text));
-        let body = self.body(
+        let body = self.chat.body(
             INSTRUCTION_SYSTEM,
             &user,
             "instruction",
             &string_schema("instruction"),
         );
         let answer: InstructionAnswer = self
+            .chat
             .ask(body, |a: &InstructionAnswer| {
                 filled("instruction", &a.instruction)
             })
@@ -442,8 +485,11 @@ impl Generator for OpenAiGenerator {
             "Author: {}\nTitle: {}\n\nExtract:\n{}",
             passage.author, passage.title, passage.text
         );
-        let body = self.body(PAIRS_SYSTEM, &user, "pairs", &pairs_schema());
+        let body = self
+            .chat
+            .body(PAIRS_SYSTEM, &user, "pairs", &pairs_schema());
         let answer: PairsAnswer = self
+            .chat
             .ask(body, |a: &PairsAnswer| {
                 if a.pairs.is_empty() {
                     return Err("`pairs` is empty".into());
@@ -468,13 +514,14 @@ impl Generator for OpenAiGenerator {
     }
 
     async fn plain_answer(&self, instruction: &str, _passage: &Passage) -> Generated<String> {
-        let body = self.body(
+        let body = self.chat.body(
             PLAIN_SYSTEM,
             instruction,
             "answer",
             &string_schema("answer"),
         );
         let answer: PlainAnswer = self
+            .chat
             .ask(body, |a: &PlainAnswer| filled("answer", &a.answer))
             .await?;
         Ok(Written {
