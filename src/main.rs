@@ -15,6 +15,7 @@ mod generate;
 mod ingest;
 mod log;
 mod models;
+mod serve;
 mod signals;
 mod snapshot;
 mod stream;
@@ -24,7 +25,7 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use clap::{Parser, Subcommand, ValueEnum};
 use twin_config::{Sources, TwinConfig};
 
@@ -115,8 +116,10 @@ enum Command {
     /// `--judge` an LLM judge's accuracy and style. Results are recorded with the runs; two or
     /// more models are printed side by side.
     Eval(Box<EvalArgs>),
-    /// Serve retrieval-augmented generation over HTTP (not built yet).
-    Serve,
+    /// Serve retrieval-augmented generation over HTTP: OpenAI-compatible chat completions
+    /// (streamed or not), completions, embeddings and models; `/rag`, `/v1/search`, health,
+    /// readiness and metrics. Options not given come from `[serving]`.
+    Serve(ServeArgs),
     /// Inspect the configuration.
     Config {
         #[command(subcommand)]
@@ -241,6 +244,18 @@ pub struct GenerateArgs {
     /// `text` (the text streamed) or `json` (the completion, once done).
     #[arg(long, default_value = "text")]
     pub format: String,
+}
+
+/// `twin serve` options.
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// The model: `name[@vN]` of the registry, a checkpoint folder or an exported folder
+    /// [default: `[serving] model`].
+    #[arg(long)]
+    pub model: Option<String>,
+    /// Address to listen on [default: `[serving] address`, 127.0.0.1:8000].
+    #[arg(long)]
+    pub address: Option<String>,
 }
 
 /// `twin eval` options.
@@ -738,10 +753,6 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Runs { command } => train::runs(&config, command).await,
         Command::Generate(args) => generate::generate(&config, *args).await,
         Command::Eval(args) => eval::eval(&config, *args).await,
-        Command::Serve => not_built("serve", "a serving issue"),
+        Command::Serve(args) => serve::serve(&config, args).await,
     }
-}
-
-fn not_built(role: &str, issue: &str) -> Result<ExitCode> {
-    bail!("`twin {role}` is not built yet; it lands with {issue}")
 }

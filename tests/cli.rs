@@ -42,11 +42,11 @@ fn help_lists_every_role() {
 }
 
 #[test]
-fn roles_not_built_yet_say_so_and_fail() {
+fn roles_not_told_what_to_do_say_what_they_need() {
     let dir = tempfile::tempdir().expect("tempdir");
     let out = twin(dir.path(), &["serve"], &[]);
     assert!(!out.status.success());
-    assert!(stderr(&out).contains("not built yet"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("which model?"), "{}", stderr(&out));
     // A role that is built but not told what to do says what it needs.
     let out = twin(dir.path(), &["train"], &[]);
     assert!(!out.status.success());

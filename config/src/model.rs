@@ -42,6 +42,8 @@ pub struct TwinConfig {
     pub generation: GenerationConfig,
     /// How `twin eval` evaluates a model.
     pub evaluation: EvaluationConfig,
+    /// The inference service (`twin serve`).
+    pub serving: ServingConfig,
 }
 
 impl Default for TwinConfig {
@@ -62,6 +64,7 @@ impl Default for TwinConfig {
             training: TrainingConfig::default(),
             generation: GenerationConfig::default(),
             evaluation: EvaluationConfig::default(),
+            serving: ServingConfig::default(),
         }
     }
 }
@@ -922,6 +925,77 @@ impl Default for GenerationConfig {
             max_batch_tokens: 32_768,
             threads: 0,
         }
+    }
+}
+
+/// The inference service (`[serving]`): where it listens, what it serves, and its limits.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServingConfig {
+    /// Address to listen on.
+    pub address: String,
+    /// The model served: `name[@vN]` of the registry, a checkpoint folder or an exported folder
+    /// (`twin serve --model` overrides it).
+    pub model: String,
+    /// Bearer token clients must send (`Authorization: Bearer ...`); empty: no authentication.
+    /// A secret: never logged or shown. Better from `TWIN_SERVING__API_TOKEN`.
+    pub api_token: String,
+    /// Requests handled at once.
+    pub max_concurrent_requests: usize,
+    /// Requests waiting for a slot beyond those; more are answered 429 with Retry-After.
+    pub max_queued_requests: usize,
+    /// Longest a request may take, in seconds (then 504).
+    pub request_timeout_secs: u64,
+    /// Largest request body, in bytes (then 413).
+    pub max_body_bytes: usize,
+    /// Longest query or prompt, in characters (then 422).
+    pub max_query_chars: usize,
+    /// Chunks of context retrieved for an answer, when a request does not say.
+    pub k: usize,
+    /// Candidates fetched per collection before re-ranking.
+    pub candidates: usize,
+    /// Maximal marginal relevance: 1 ranks by relevance only, lower favours chunks unlike those
+    /// already chosen.
+    pub mmr_lambda: f32,
+    /// Tokens of an answer, when a request does not say.
+    pub max_tokens: usize,
+    /// Origins allowed by CORS (`*` for any); empty: no CORS headers.
+    pub cors_origins: Vec<String>,
+    /// Seconds in-flight requests get to finish after a shutdown signal.
+    pub shutdown_grace_secs: u64,
+}
+
+impl Default for ServingConfig {
+    fn default() -> Self {
+        Self {
+            address: "127.0.0.1:8000".into(),
+            model: String::new(),
+            api_token: String::new(),
+            max_concurrent_requests: 8,
+            max_queued_requests: 64,
+            request_timeout_secs: 120,
+            max_body_bytes: 256 * 1024,
+            max_query_chars: 8_000,
+            k: 4,
+            candidates: 20,
+            mmr_lambda: 0.7,
+            max_tokens: 256,
+            cors_origins: Vec::new(),
+            shutdown_grace_secs: 30,
+        }
+    }
+}
+
+// Hand-written so that a `{:?}` never prints the token.
+impl fmt::Debug for ServingConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServingConfig")
+            .field("address", &self.address)
+            .field("model", &self.model)
+            .field("api_token", &secrets::masked("api_token", &self.api_token))
+            .field("max_concurrent_requests", &self.max_concurrent_requests)
+            .field("max_queued_requests", &self.max_queued_requests)
+            .finish_non_exhaustive()
     }
 }
 

@@ -381,6 +381,7 @@ impl Sequence {
         let (text, stopped) = self.text.push(&piece);
         if self.events.send(Event::Token { id, text }).is_err() {
             // The client went away: nothing more to do for it.
+            metrics::counter!("twin_generate_cancelled_total").increment(1);
             return true;
         }
         if stopped {

@@ -1,4 +1,5 @@
-//! Serving: generation on ONNX Runtime from models exported by `twin models export-llm`.
+//! Serving: generation on ONNX Runtime from models exported by `twin models export-llm`, and
+//! the inference service around it: retrieval over the vector store and the HTTP API.
 //!
 //! - [`model`]: an exported model folder: its session, tokenizer, chat template, cache shape and
 //!   context length, and one forward pass over a batch.
@@ -7,9 +8,16 @@
 //! - [`text`]: tokens to text as they come, never half a character, with stop sequences.
 //! - [`engine`]: one engine per model: a scheduler thread that batches the decode steps of all
 //!   running requests (continuous batching) and streams their tokens.
+//! - [`retrieval`]: the query embedded, searched over every collection with filters and
+//!   self-query, fused across rewrites, re-ranked by maximal marginal relevance.
+//! - [`rag`]: the retrieved chunks packed into the chat template within the context.
+//! - [`http`]: the HTTP API of `twin serve` (OpenAI-compatible, `/rag`, `/v1/search`).
 
 pub mod engine;
+pub mod http;
 pub mod model;
+pub mod rag;
+pub mod retrieval;
 pub mod sampling;
 pub mod text;
 
@@ -81,6 +89,12 @@ pub enum ServingError {
     /// ONNX Runtime failed.
     #[error("ONNX Runtime: {0}")]
     Runtime(String),
+    /// The vector store or the warehouse failed, or does not hold what serving needs.
+    #[error("store: {0}")]
+    Store(String),
+    /// The embedder failed.
+    #[error(transparent)]
+    Embedding(#[from] twin_embedding::EmbeddingError),
 }
 
 impl From<ort::Error> for ServingError {

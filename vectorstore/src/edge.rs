@@ -7,12 +7,13 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
+use qdrant_edge::external::ordered_float::OrderedFloat;
 use qdrant_edge::external::uuid::Uuid;
 use qdrant_edge::{
     Condition, CountRequest, CreateIndex, Distance, EdgeConfigBuilder, EdgeShard,
     EdgeVectorParamsBuilder, FieldCondition, FieldIndexOperations, Filter, JsonPath, Match,
     NamedQuery, PayloadFieldSchema, PayloadSchemaType, PointId, PointInsertOperations,
-    PointOperations, PointStruct, QueryEnum, SearchRequest, UpdateOperation, ValueVariants,
+    PointOperations, PointStruct, QueryEnum, Range, SearchRequest, UpdateOperation, ValueVariants,
     WithPayloadInterface,
 };
 use twin_schemas::{DocumentKind, EmbeddedChunk};
@@ -55,8 +56,9 @@ fn payload_path(field: &str) -> Result<JsonPath, VectorStoreError> {
         .map_err(|_| VectorStoreError::Invalid(format!("{field:?} is not a payload path")))
 }
 
-fn filter_of(conditions: &[(&'static str, String)]) -> Result<Option<Filter>, VectorStoreError> {
-    let must = conditions
+fn filter_of(filter: &SearchFilter) -> Result<Option<Filter>, VectorStoreError> {
+    let mut must = filter
+        .conditions()
         .iter()
         .map(|(field, value)| {
             Ok(Condition::Field(FieldCondition::new_match(
@@ -65,6 +67,18 @@ fn filter_of(conditions: &[(&'static str, String)]) -> Result<Option<Filter>, Ve
             )))
         })
         .collect::<Result<Vec<Condition>, VectorStoreError>>()?;
+    if let Some((after, before)) = filter.published() {
+        let bound = |v: Option<i64>| v.map(|v| OrderedFloat(v as f64));
+        must.push(Condition::Field(FieldCondition::new_range(
+            payload_path("published_at")?,
+            Range {
+                gte: bound(after),
+                lte: bound(before),
+                lt: None,
+                gt: None,
+            },
+        )));
+    }
     Ok((!must.is_empty()).then(|| Filter {
         must: Some(must),
         ..Default::default()
@@ -210,7 +224,10 @@ impl VectorStore for EdgeVectorStore {
             structs
                 .push(PointStruct::new(PointId::Uuid(uuid), p.embedding.clone(), payload).into());
         }
-        let filter = filter_of(&[("document_id", document_id.to_string())])?;
+        let filter = filter_of(&SearchFilter {
+            document_id: Some(document_id.to_string()),
+            ..SearchFilter::default()
+        })?;
         let name = collection(&self.prefix, kind);
         self.on_shard(name, move |shard| {
             if let Some(filter) = filter {
@@ -234,7 +251,10 @@ impl VectorStore for EdgeVectorStore {
 
     async fn delete_document(&self, document_id: &str) -> Result<(), VectorStoreError> {
         for kind in KINDS {
-            let filter = filter_of(&[("document_id", document_id.to_string())])?;
+            let filter = filter_of(&SearchFilter {
+                document_id: Some(document_id.to_string()),
+                ..SearchFilter::default()
+            })?;
             self.on_shard(collection(&self.prefix, kind), move |shard| {
                 if let Some(filter) = filter {
                     shard
@@ -259,7 +279,7 @@ impl VectorStore for EdgeVectorStore {
     ) -> Result<Vec<Hit>, VectorStoreError> {
         let request = SearchRequest {
             query: QueryEnum::Nearest(NamedQuery::default_dense(vector.to_vec())),
-            filter: filter_of(&filter.conditions())?,
+            filter: filter_of(filter)?,
             params: None,
             limit,
             offset: 0,
@@ -295,7 +315,7 @@ impl VectorStore for EdgeVectorStore {
         filter: &SearchFilter,
     ) -> Result<u64, VectorStoreError> {
         let request = CountRequest {
-            filter: filter_of(&filter.conditions())?,
+            filter: filter_of(filter)?,
             exact: true,
         };
         self.on_shard(collection(&self.prefix, kind), move |shard| {

@@ -135,6 +135,11 @@ pub struct SearchFilter {
     pub platform: Option<String>,
     /// Only this document's chunks.
     pub document_id: Option<String>,
+    /// Only chunks of documents published at or after this time (ms since the epoch); a
+    /// document without a publication time does not match.
+    pub published_after: Option<i64>,
+    /// Only chunks of documents published at or before this time (ms since the epoch).
+    pub published_before: Option<i64>,
 }
 
 impl SearchFilter {
@@ -148,6 +153,12 @@ impl SearchFilter {
         .into_iter()
         .filter_map(|(field, value)| value.clone().map(|v| (field, v)))
         .collect()
+    }
+
+    /// The publication range, `(at or after, at or before)`, when one bound is set.
+    pub fn published(&self) -> Option<(Option<i64>, Option<i64>)> {
+        (self.published_after.is_some() || self.published_before.is_some())
+            .then_some((self.published_after, self.published_before))
     }
 }
 

@@ -62,11 +62,21 @@ fn transient(e: &qdrant_client::QdrantError) -> bool {
 }
 
 fn filter_of(filter: &SearchFilter) -> Option<Filter> {
-    let conditions: Vec<Condition> = filter
+    let mut conditions: Vec<Condition> = filter
         .conditions()
         .into_iter()
         .map(|(field, value)| Condition::matches(field, value))
         .collect();
+    if let Some((after, before)) = filter.published() {
+        conditions.push(Condition::range(
+            "published_at",
+            qdrant_client::qdrant::Range {
+                gte: after.map(|v| v as f64),
+                lte: before.map(|v| v as f64),
+                ..Default::default()
+            },
+        ));
+    }
     (!conditions.is_empty()).then(|| Filter::must(conditions))
 }
 

@@ -190,6 +190,40 @@ async fn filters_select_by_author_platform_and_document(s: Arc<dyn VectorStore>)
             .expect("count"),
         2
     );
+    // Publication range: `b` published a day after `a`.
+    let mut later = point("b", 1, "maxime", "substack", 3);
+    later.chunk.published_at = Some(1_700_086_400_000);
+    s.replace_document(DocumentKind::Article, "b", &[later])
+        .await
+        .expect("b again");
+    let published = |after: Option<i64>, before: Option<i64>| SearchFilter {
+        published_after: after,
+        published_before: before,
+        ..Default::default()
+    };
+    let found = |filter: SearchFilter| {
+        let s = s.clone();
+        async move {
+            let mut ids: Vec<String> = s
+                .search(DocumentKind::Article, &unit(2, 0.0), 10, &filter)
+                .await
+                .expect("search")
+                .into_iter()
+                .map(|h| h.payload.document_id)
+                .collect();
+            ids.sort();
+            ids
+        }
+    };
+    assert_eq!(found(published(Some(1_700_000_000_001), None)).await, ["b"]);
+    assert_eq!(found(published(None, Some(1_700_000_000_000))).await, ["a"]);
+    assert_eq!(
+        found(published(Some(1_700_000_000_000), Some(1_700_086_400_000))).await,
+        ["a", "b"]
+    );
+    assert!(found(published(Some(1_800_000_000_000), None))
+        .await
+        .is_empty());
 }
 
 async fn replacing_a_document_leaves_no_stale_point(s: Arc<dyn VectorStore>) {

@@ -1,0 +1,978 @@
+//! The HTTP API (`twin serve`), on axum: OpenAI's chat completions (streamed as server-sent
+//! events or not), completions, embeddings and models; `/rag` and `/v1/search`; health,
+//! readiness and Prometheus metrics.
+//!
+//! Every error is a JSON body in OpenAI's shape (`{"error": {"message", "type", "param",
+//! "code"}}`) with the status that says what went wrong: 400 malformed JSON, 422 a value of
+//! the wrong type or out of range, 401 a missing or wrong token, 404 an unknown model or
+//! route, 413 a body over the limit, 429 (with Retry-After) when every slot and queue place is
+//! taken, 504 past the request timeout. A client that goes away cancels its generation.
+
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use axum::body::Body;
+use axum::extract::{RawQuery, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use futures::Stream;
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use tokio::sync::Semaphore;
+use twin_chat::Message;
+
+use crate::engine::{Completion, Engine, Event, GenerationRequest, Prompt};
+use crate::rag;
+use crate::retrieval::{parse_kind, Filters, Retriever, Source};
+use crate::sampling::SamplingParams;
+use crate::ServingError;
+
+/// What the server needs.
+pub struct ServerState {
+    /// The generation engine.
+    pub engine: Arc<Engine>,
+    /// The model's name, as requests give it and responses name it.
+    pub model: String,
+    /// The retriever.
+    pub retriever: Arc<Retriever>,
+    /// Whose twin this is (named in the system prompt).
+    pub author: String,
+    /// The limits and defaults.
+    pub limits: Limits,
+    /// The bearer token, when one is required.
+    pub token: Option<String>,
+    /// Renders the Prometheus metrics.
+    pub metrics: Option<Arc<dyn Fn() -> String + Send + Sync>>,
+}
+
+/// Limits and defaults of the API.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Requests handled at once.
+    pub max_concurrent: usize,
+    /// Requests waiting beyond those.
+    pub max_queued: usize,
+    /// Longest a request may take.
+    pub timeout: Duration,
+    /// Largest body.
+    pub max_body_bytes: usize,
+    /// Chunks of context by default.
+    pub k: usize,
+    /// Tokens of an answer by default.
+    pub max_tokens: usize,
+}
+
+struct App {
+    state: ServerState,
+    slots: Semaphore,
+    admitted: AtomicUsize,
+}
+
+type Shared = Arc<App>;
+
+/// An API error: a status and OpenAI's error body.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+    kind: &'static str,
+    param: Option<String>,
+    code: Option<&'static str>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, kind: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            message: message.into(),
+            kind,
+            param: None,
+            code: None,
+        }
+    }
+
+    fn invalid(param: &str, message: impl Into<String>) -> Self {
+        Self {
+            param: Some(param.to_string()),
+            ..Self::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_request_error",
+                message,
+            )
+        }
+    }
+}
+
+impl From<ServingError> for ApiError {
+    fn from(e: ServingError) -> Self {
+        match &e {
+            ServingError::InvalidParameter { name, .. } => Self::invalid(name, e.to_string()),
+            ServingError::EmptyPrompt => Self::invalid("prompt", e.to_string()),
+            ServingError::ContextLength { .. } | ServingError::OverBudget { .. } => Self {
+                code: Some("context_length_exceeded"),
+                ..Self::invalid("max_tokens", e.to_string())
+            },
+            _ => Self::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "server_error",
+                e.to_string(),
+            ),
+        }
+    }
+}
+
+impl From<twin_embedding::EmbeddingError> for ApiError {
+    fn from(e: twin_embedding::EmbeddingError) -> Self {
+        ServingError::from(e).into()
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({ "error": {
+            "message": self.message,
+            "type": self.kind,
+            "param": self.param,
+            "code": self.code,
+        }});
+        let mut response = (self.status, body.to_string()).into_response();
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        if self.status == StatusCode::TOO_MANY_REQUESTS
+            || self.status == StatusCode::SERVICE_UNAVAILABLE
+        {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
+    }
+}
+
+fn json_response(value: &Value) -> Response {
+    let mut response = (StatusCode::OK, value.to_string()).into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+/// The router of the API.
+pub fn router(state: ServerState) -> Router {
+    let app = Arc::new(App {
+        slots: Semaphore::new(state.limits.max_concurrent.max(1)),
+        admitted: AtomicUsize::new(0),
+        state,
+    });
+    let api = Router::new()
+        .route("/v1/chat/completions", post(chat_completions))
+        .route("/v1/completions", post(completions))
+        .route("/v1/embeddings", post(embeddings))
+        .route("/v1/models", get(models))
+        .route("/v1/search", get(search))
+        .route("/rag", post(rag_answer))
+        .route_layer(axum::middleware::from_fn_with_state(app.clone(), admit))
+        .route_layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            authenticate,
+        ));
+    Router::new()
+        .merge(api)
+        .route(
+            "/healthz",
+            get(|| async { json_response(&json!({"status": "ok"})) }),
+        )
+        .route("/readyz", get(ready))
+        .route("/metrics", get(metrics_text))
+        .route("/openapi.json", get(openapi))
+        .fallback(|| async {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "invalid_request_error",
+                "no such route",
+            )
+        })
+        .layer(axum::middleware::from_fn(observe))
+        .with_state(app)
+}
+
+/// CORS for `origins` (`*`: any).
+pub fn cors(origins: &[String]) -> Result<tower_http::cors::CorsLayer, ServingError> {
+    use tower_http::cors::{AllowOrigin, Any, CorsLayer};
+    let layer = CorsLayer::new()
+        .allow_methods([axum::http::Method::GET, axum::http::Method::POST])
+        .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE]);
+    if origins.iter().any(|o| o == "*") {
+        return Ok(layer.allow_origin(Any));
+    }
+    let parsed = origins
+        .iter()
+        .map(|o| {
+            HeaderValue::from_str(o).map_err(|_| ServingError::InvalidParameter {
+                name: "cors_origins".into(),
+                reason: format!("`{o}` is not an origin"),
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(layer.allow_origin(AllowOrigin::list(parsed)))
+}
+
+/// Counts requests by route and status, and their latency.
+async fn observe(request: Request, next: Next) -> Response {
+    let route = request.uri().path().to_string();
+    let started = Instant::now();
+    let response = next.run(request).await;
+    let status = response.status().as_u16().to_string();
+    metrics::counter!("twin_serve_requests_total", "route" => route.clone(), "status" => status)
+        .increment(1);
+    metrics::histogram!("twin_serve_request_seconds", "route" => route)
+        .record(started.elapsed().as_secs_f64());
+    response
+}
+
+/// Bearer-token authentication, the token compared in constant time (as digests).
+async fn authenticate(State(app): State<Shared>, request: Request, next: Next) -> Response {
+    if let Some(token) = &app.state.token {
+        let given = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or_default();
+        let a = Sha256::digest(given.as_bytes());
+        let b = Sha256::digest(token.as_bytes());
+        let differ = a
+            .iter()
+            .zip(b.iter())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y));
+        if differ != 0 {
+            return ApiError {
+                code: Some("invalid_api_key"),
+                ..ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "authentication_error",
+                    "missing or wrong bearer token (Authorization: Bearer ...)",
+                )
+            }
+            .into_response();
+        }
+    }
+    next.run(request).await
+}
+
+/// Bounded concurrency: `max_concurrent` at once, `max_queued` waiting, the rest refused
+/// with 429 and Retry-After; and the request timeout.
+async fn admit(State(app): State<Shared>, request: Request, next: Next) -> Response {
+    let limits = &app.state.limits;
+    let capacity = limits.max_concurrent.max(1) + limits.max_queued;
+    let admitted = app.admitted.fetch_add(1, Ordering::SeqCst) + 1;
+    let _leave = Leave(&app.admitted);
+    metrics::gauge!("twin_serve_admitted_requests").set(admitted as f64);
+    if admitted > capacity {
+        return ApiError {
+            code: Some("overloaded"),
+            ..ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limit_error",
+                format!(
+                    "the server is at capacity ({} requests in flight and {} waiting): try again \
+                     shortly",
+                    limits.max_concurrent, limits.max_queued
+                ),
+            )
+        }
+        .into_response();
+    }
+    let Ok(_slot) = app.slots.acquire().await else {
+        return ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server_error",
+            "shutting down",
+        )
+        .into_response();
+    };
+    match tokio::time::timeout(limits.timeout, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => ApiError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "server_error",
+            format!(
+                "the request took longer than {} s",
+                limits.timeout.as_secs()
+            ),
+        )
+        .into_response(),
+    }
+}
+
+struct Leave<'a>(&'a AtomicUsize);
+
+impl Drop for Leave<'_> {
+    fn drop(&mut self) {
+        let left = self.0.fetch_sub(1, Ordering::SeqCst) - 1;
+        metrics::gauge!("twin_serve_admitted_requests").set(left as f64);
+    }
+}
+
+/// The body as `T`: 413 over the limit, 400 when it is not JSON, 422 when it is not `T`.
+async fn read_json<T: DeserializeOwned>(app: &App, body: Body) -> Result<T, ApiError> {
+    let limit = app.state.limits.max_body_bytes;
+    let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "invalid_request_error",
+            format!("the request body is over the limit of {limit} bytes"),
+        )
+    })?;
+    let mut json = serde_json::Deserializer::from_slice(&bytes);
+    serde_path_to_error::deserialize(&mut json).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if inner.is_syntax() || inner.is_eof() {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                format!("the body is not valid JSON: {inner}"),
+            )
+        } else if path.is_empty() || path == "." || path == "?" {
+            ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_request_error",
+                format!("the body is not the request expected: {inner}"),
+            )
+        } else {
+            let param = path.split(['.', '[']).next().unwrap_or_default().to_string();
+            ApiError {
+                param: Some(param),
+                ..ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "invalid_request_error",
+                    format!("`{path}`: {inner}"),
+                )
+            }
+        }
+    })
+}
+
+fn check_model(app: &App, model: Option<&str>) -> Result<(), ApiError> {
+    match model {
+        Some(m) if m != app.state.model => Err(ApiError {
+            param: Some("model".into()),
+            code: Some("model_not_found"),
+            ..ApiError::new(
+                StatusCode::NOT_FOUND,
+                "invalid_request_error",
+                format!(
+                    "the model `{m}` is not served here; this server serves `{}`",
+                    app.state.model
+                ),
+            )
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// `stop` as a string or a list.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum Stop {
+    One(String),
+    Many(Vec<String>),
+}
+
+/// What chat completions and completions share.
+#[derive(Debug, Deserialize)]
+struct Sampling {
+    max_tokens: Option<usize>,
+    max_completion_tokens: Option<usize>,
+    temperature: Option<f32>,
+    top_p: Option<f32>,
+    seed: Option<u64>,
+    stop: Option<Stop>,
+    frequency_penalty: Option<f32>,
+    presence_penalty: Option<f32>,
+    n: Option<usize>,
+}
+
+impl Sampling {
+    fn params(&self, default_max: usize) -> Result<SamplingParams, ApiError> {
+        if self.n.is_some_and(|n| n != 1) {
+            return Err(ApiError::invalid("n", "only n = 1 is supported"));
+        }
+        for (name, value) in [
+            ("frequency_penalty", self.frequency_penalty),
+            ("presence_penalty", self.presence_penalty),
+        ] {
+            if value.is_some_and(|v| v != 0.0) {
+                return Err(ApiError::invalid(name, format!("{name} is not supported")));
+            }
+        }
+        let defaults = SamplingParams::default();
+        Ok(SamplingParams {
+            max_tokens: Some(
+                self.max_completion_tokens
+                    .or(self.max_tokens)
+                    .unwrap_or(default_max),
+            ),
+            temperature: self.temperature.unwrap_or(defaults.temperature),
+            top_p: self.top_p.unwrap_or(defaults.top_p),
+            seed: self.seed,
+            stop: match &self.stop {
+                None => Vec::new(),
+                Some(Stop::One(s)) => vec![s.clone()],
+                Some(Stop::Many(v)) => v.clone(),
+            },
+            ..defaults
+        })
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct ChatMessage {
+    role: String,
+    content: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct ChatRequest {
+    model: Option<String>,
+    messages: Vec<ChatMessage>,
+    #[serde(default)]
+    stream: bool,
+    /// Retrieve context for the last user message (default on).
+    retrieval: Option<bool>,
+    /// Return the context with the answer.
+    #[serde(default)]
+    return_context: bool,
+    /// Chunks of context.
+    k: Option<usize>,
+    /// Only this author's writing.
+    author: Option<String>,
+    #[serde(flatten)]
+    sampling: Sampling,
+}
+
+fn created() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn request_id(prefix: &str) -> String {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!("{prefix}-{nanos:x}")
+}
+
+fn citations(sources: &[Source]) -> Value {
+    Value::Array(
+        sources
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                json!({
+                    "n": i + 1,
+                    "document_id": s.document_id,
+                    "chunk_id": s.chunk_id,
+                    "title": s.title,
+                    "url": s.url,
+                    "kind": s.kind,
+                    "platform": s.platform,
+                    "author": s.author,
+                    "score": s.score,
+                    "text": s.text,
+                })
+            })
+            .collect(),
+    )
+}
+
+fn usage(done: &Completion) -> Value {
+    json!({
+        "prompt_tokens": done.prompt_tokens,
+        "completion_tokens": done.completion_tokens,
+        "total_tokens": done.prompt_tokens + done.completion_tokens,
+    })
+}
+
+fn finish_reason(done: &Completion) -> &'static str {
+    match done.finish_reason {
+        crate::engine::FinishReason::Stop => "stop",
+        crate::engine::FinishReason::Length => "length",
+    }
+}
+
+/// The conversation with the retrieved context, when retrieval is on.
+async fn with_context(
+    app: &App,
+    messages: Vec<Message>,
+    query: &str,
+    filters: &Filters,
+    k: usize,
+    max_tokens: usize,
+) -> Result<(Vec<Message>, Vec<Source>), ApiError> {
+    let retrieval = app
+        .state
+        .retriever
+        .search(query, &[], filters, k, true)
+        .await?;
+    let packed = rag::pack(
+        &app.state.engine,
+        &app.state.author,
+        &messages,
+        &retrieval.sources,
+        max_tokens,
+    )?;
+    Ok((packed.messages, packed.sources))
+}
+
+async fn chat_completions(State(app): State<Shared>, body: Body) -> Result<Response, ApiError> {
+    let request: ChatRequest = read_json(&app, body).await?;
+    check_model(&app, request.model.as_deref())?;
+    if request.messages.is_empty() {
+        return Err(ApiError::invalid("messages", "`messages` is empty"));
+    }
+    let params = request.sampling.params(app.state.limits.max_tokens)?;
+    let messages: Vec<Message> = request
+        .messages
+        .iter()
+        .map(|m| Message::new(&m.role, m.content.clone()))
+        .collect();
+    for m in &request.messages {
+        if !matches!(m.role.as_str(), "system" | "user" | "assistant") {
+            return Err(ApiError::invalid(
+                "messages",
+                format!("unknown role `{}`: use system, user or assistant", m.role),
+            ));
+        }
+    }
+    let (messages, sources) = if request.retrieval.unwrap_or(true) {
+        let Some(query) = request.messages.iter().rev().find(|m| m.role == "user") else {
+            return Err(ApiError::invalid(
+                "messages",
+                "retrieval needs a user message to search for (or set \"retrieval\": false)",
+            ));
+        };
+        let filters = Filters {
+            author: request.author.clone(),
+            ..Filters::default()
+        };
+        let k = request.k.unwrap_or(app.state.limits.k);
+        with_context(
+            &app,
+            messages,
+            &query.content,
+            &filters,
+            k,
+            params.max_tokens.unwrap_or(app.state.limits.max_tokens),
+        )
+        .await?
+    } else {
+        (messages, Vec::new())
+    };
+    let generation = app.state.engine.submit(GenerationRequest {
+        prompt: Prompt::Chat(messages),
+        params,
+    })?;
+    let id = request_id("chatcmpl");
+    let context = request.return_context.then(|| citations(&sources));
+    if request.stream {
+        return Ok(stream_chat(app.state.model.clone(), id, generation, context).into_response());
+    }
+    let done = generation.collect().await?;
+    let mut body = json!({
+        "id": id,
+        "object": "chat.completion",
+        "created": created(),
+        "model": app.state.model,
+        "choices": [{
+            "index": 0,
+            "message": { "role": "assistant", "content": done.text },
+            "finish_reason": finish_reason(&done),
+        }],
+        "usage": usage(&done),
+    });
+    if let (Some(context), Some(object)) = (context, body.as_object_mut()) {
+        object.insert("context".into(), context);
+    }
+    Ok(json_response(&body))
+}
+
+/// Chat completion chunks as server-sent events, then `[DONE]`. Dropping the stream (the
+/// client went away) drops the generation, which the engine then stops.
+fn stream_chat(
+    model: String,
+    id: String,
+    mut generation: crate::engine::Generation,
+    context: Option<Value>,
+) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
+    let created = created();
+    let chunk = move |delta: Value, finish: Option<&str>, extra: Option<(&str, Value)>| {
+        let mut value = json!({
+            "id": id,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": model,
+            "choices": [{ "index": 0, "delta": delta, "finish_reason": finish }],
+        });
+        if let (Some((key, extra)), Some(object)) = (extra, value.as_object_mut()) {
+            object.insert(key.into(), extra);
+        }
+        SseEvent::default().data(value.to_string())
+    };
+    let stream = async_stream(move |mut send| async move {
+        let first = match context {
+            Some(context) => chunk(
+                json!({"role": "assistant", "content": ""}),
+                None,
+                Some(("context", context)),
+            ),
+            None => chunk(json!({"role": "assistant", "content": ""}), None, None),
+        };
+        if !send(first) {
+            return;
+        }
+        while let Some(event) = generation.events.recv().await {
+            let sent = match event {
+                Event::Token { text, .. } | Event::Text(text) if !text.is_empty() => {
+                    send(chunk(json!({ "content": text }), None, None))
+                }
+                Event::Token { .. } | Event::Text(_) => true,
+                Event::Finished(done) => {
+                    send(chunk(
+                        json!({}),
+                        Some(finish_reason(&done)),
+                        Some(("usage", usage(&done))),
+                    ));
+                    send(SseEvent::default().data("[DONE]"));
+                    return;
+                }
+                Event::Failed(reason) => {
+                    send(SseEvent::default().data(
+                        json!({"error": {"message": reason, "type": "server_error"}}).to_string(),
+                    ));
+                    return;
+                }
+            };
+            if !sent {
+                return;
+            }
+        }
+    });
+    Sse::new(stream).keep_alive(KeepAlive::default())
+}
+
+/// A stream fed by `body` through a bounded channel; `send` returns false once the receiver
+/// (the response) is gone.
+fn async_stream<F, Fut>(body: F) -> impl Stream<Item = Result<SseEvent, Infallible>>
+where
+    F: FnOnce(Box<dyn FnMut(SseEvent) -> bool + Send>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (sender, receiver) = tokio::sync::mpsc::unbounded_channel::<SseEvent>();
+    let send = Box::new(move |event: SseEvent| sender.send(event).is_ok());
+    tokio::spawn(body(send));
+    futures::stream::unfold(receiver, |mut receiver| async move {
+        receiver.recv().await.map(|e| (Ok(e), receiver))
+    })
+}
+
+#[derive(Debug, Deserialize)]
+struct CompletionRequest {
+    model: Option<String>,
+    prompt: String,
+    #[serde(default)]
+    stream: bool,
+    #[serde(flatten)]
+    sampling: Sampling,
+}
+
+async fn completions(State(app): State<Shared>, body: Body) -> Result<Response, ApiError> {
+    let request: CompletionRequest = read_json(&app, body).await?;
+    check_model(&app, request.model.as_deref())?;
+    if request.stream {
+        return Err(ApiError::invalid(
+            "stream",
+            "streaming is offered by /v1/chat/completions; /v1/completions answers whole",
+        ));
+    }
+    let params = request.sampling.params(app.state.limits.max_tokens)?;
+    let done = app
+        .state
+        .engine
+        .generate(GenerationRequest {
+            prompt: Prompt::Text(request.prompt),
+            params,
+        })
+        .await?;
+    Ok(json_response(&json!({
+        "id": request_id("cmpl"),
+        "object": "text_completion",
+        "created": created(),
+        "model": app.state.model,
+        "choices": [{ "index": 0, "text": done.text, "finish_reason": finish_reason(&done), "logprobs": null }],
+        "usage": usage(&done),
+    })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum Input {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Debug, Deserialize)]
+struct EmbeddingRequest {
+    model: Option<String>,
+    input: Input,
+    encoding_format: Option<String>,
+}
+
+async fn embeddings(State(app): State<Shared>, body: Body) -> Result<Response, ApiError> {
+    let request: EmbeddingRequest = read_json(&app, body).await?;
+    let embedder = app.state.retriever.embedder().clone();
+    if let Some(model) = &request.model {
+        if model != embedder.model_id() && model != &app.state.model {
+            return Err(ApiError {
+                param: Some("model".into()),
+                code: Some("model_not_found"),
+                ..ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    "invalid_request_error",
+                    format!(
+                        "the model `{model}` is not served here; embeddings come from `{}`",
+                        embedder.model_id()
+                    ),
+                )
+            });
+        }
+    }
+    if request
+        .encoding_format
+        .as_deref()
+        .is_some_and(|f| f != "float")
+    {
+        return Err(ApiError::invalid(
+            "encoding_format",
+            "only `float` is supported",
+        ));
+    }
+    let texts = match request.input {
+        Input::One(s) => vec![s],
+        Input::Many(v) => v,
+    };
+    if texts.is_empty() || texts.len() > 2048 {
+        return Err(ApiError::invalid("input", "give 1 to 2048 texts"));
+    }
+    let tokens: usize = texts
+        .iter()
+        .map(|t| {
+            embedder
+                .tokenizer()
+                .encode(t.as_str(), true)
+                .map(|e| e.len())
+                .unwrap_or(0)
+        })
+        .sum();
+    let vectors = embedder.embed_async(texts).await?;
+    let data: Vec<Value> = vectors
+        .into_iter()
+        .enumerate()
+        .map(|(i, v)| json!({"object": "embedding", "index": i, "embedding": v}))
+        .collect();
+    Ok(json_response(&json!({
+        "object": "list",
+        "data": data,
+        "model": embedder.model_id(),
+        "usage": { "prompt_tokens": tokens, "total_tokens": tokens },
+    })))
+}
+
+async fn models(State(app): State<Shared>) -> Response {
+    let model = |id: &str| json!({"id": id, "object": "model", "created": 0, "owned_by": "twin"});
+    json_response(&json!({
+        "object": "list",
+        "data": [model(&app.state.model), model(app.state.retriever.embedder().model_id())],
+    }))
+}
+
+/// Filters and `k` from a query string or a `/rag` body.
+fn filters(
+    author: Option<String>,
+    platform: Option<String>,
+    kind: Option<&str>,
+    after: Option<i64>,
+    before: Option<i64>,
+) -> Result<Filters, ApiError> {
+    let kinds = match kind {
+        None | Some("") => Vec::new(),
+        Some(list) => list
+            .split(',')
+            .map(|k| {
+                parse_kind(k).ok_or_else(|| {
+                    ApiError::invalid(
+                        "kind",
+                        format!("unknown kind `{k}`: use article, post or repository"),
+                    )
+                })
+            })
+            .collect::<Result<_, _>>()?,
+    };
+    Ok(Filters {
+        author: author.filter(|a| !a.trim().is_empty()),
+        platform: platform.filter(|p| !p.trim().is_empty()),
+        kinds,
+        published_after: after,
+        published_before: before,
+    })
+}
+
+async fn search(
+    State(app): State<Shared>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    let pairs: Vec<(String, String)> =
+        url::form_urlencoded::parse(query.unwrap_or_default().as_bytes())
+            .into_owned()
+            .collect();
+    let get = |key: &str| pairs.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone());
+    let number = |key: &str| -> Result<Option<i64>, ApiError> {
+        get(key)
+            .map(|v| {
+                v.parse::<i64>().map_err(|_| {
+                    ApiError::invalid(key, format!("`{key}` must be an integer, not `{v}`"))
+                })
+            })
+            .transpose()
+    };
+    let Some(q) = get("q") else {
+        return Err(ApiError::invalid("q", "give the query as ?q=..."));
+    };
+    let k = number("k")?.unwrap_or(app.state.limits.k as i64);
+    let filters = filters(
+        get("author"),
+        get("platform"),
+        get("kind").as_deref(),
+        number("after")?,
+        number("before")?,
+    )?;
+    let diverse = get("rerank").as_deref() == Some("mmr");
+    let retrieval = app
+        .state
+        .retriever
+        .search(&q, &[], &filters, k.max(0) as usize, diverse)
+        .await?;
+    Ok(json_response(&json!({
+        "query": q,
+        "author_from_query": retrieval.author_from_query,
+        "results": citations(&retrieval.sources),
+        "millis": retrieval.millis,
+    })))
+}
+
+#[derive(Debug, Deserialize)]
+struct RagRequest {
+    query: String,
+    k: Option<usize>,
+    author: Option<String>,
+    platform: Option<String>,
+    kind: Option<String>,
+    published_after: Option<i64>,
+    published_before: Option<i64>,
+    #[serde(flatten)]
+    sampling: Sampling,
+}
+
+async fn rag_answer(State(app): State<Shared>, body: Body) -> Result<Response, ApiError> {
+    let request: RagRequest = read_json(&app, body).await?;
+    let params = request.sampling.params(app.state.limits.max_tokens)?;
+    let filters = filters(
+        request.author,
+        request.platform,
+        request.kind.as_deref(),
+        request.published_after,
+        request.published_before,
+    )?;
+    let k = request.k.unwrap_or(app.state.limits.k);
+    let started = Instant::now();
+    let (messages, sources) = with_context(
+        &app,
+        vec![Message::new("user", request.query.clone())],
+        &request.query,
+        &filters,
+        k,
+        params.max_tokens.unwrap_or(app.state.limits.max_tokens),
+    )
+    .await?;
+    let done = app
+        .state
+        .engine
+        .generate(GenerationRequest {
+            prompt: Prompt::Chat(messages),
+            params,
+        })
+        .await?;
+    Ok(json_response(&json!({
+        "answer": done.text,
+        "context": citations(&sources),
+        "model": app.state.model,
+        "finish_reason": finish_reason(&done),
+        "usage": usage(&done),
+        "seconds": started.elapsed().as_secs_f64(),
+    })))
+}
+
+async fn ready(State(app): State<Shared>) -> Response {
+    match app.state.retriever.check_model().await {
+        Ok(()) => json_response(&json!({
+            "status": "ready",
+            "model": app.state.model,
+            "embedding_model": app.state.retriever.embedder().model_id(),
+        })),
+        Err(e) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server_error",
+            format!("not ready: {e}"),
+        )
+        .into_response(),
+    }
+}
+
+async fn metrics_text(State(app): State<Shared>) -> Response {
+    let text = app
+        .state
+        .metrics
+        .as_ref()
+        .map(|render| render())
+        .unwrap_or_default();
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4"),
+    );
+    (StatusCode::OK, headers, text).into_response()
+}
+
+async fn openapi() -> Response {
+    let mut response = (StatusCode::OK, include_str!("../openapi.json")).into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}

@@ -1,0 +1,365 @@
+//! `twin serve` through its real HTTP server on a local port: raw-document events in, `twin
+//! stream` over them, then the API as a client sees it: `/v1/search` finds a document's chunk
+//! by a sentence of it, `/rag` answers with context from those documents and cites them,
+//! `/v1/chat/completions` streams, embeddings and models answer in OpenAI's shapes; and bad
+//! requests get the right status and error body, the server unharmed.
+
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use serde_json::{json, Value};
+use twin_eventlog::{publish, EmbeddedLog};
+use twin_schemas::Event;
+use twin_testkit::documents::substack_article;
+
+const TOKEN: &str = "serve-test-token-5521";
+
+fn twin_command(dir: &Path, args: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_twin"));
+    cmd.current_dir(dir).args(args).env("RUST_LOG", "warn");
+    for (key, _) in std::env::vars() {
+        if key.starts_with("TWIN_") {
+            cmd.env_remove(key);
+        }
+    }
+    cmd
+}
+
+/// The small Llama of training/tests/data, with a context long enough for a few chunks.
+fn model(dir: &Path) -> PathBuf {
+    let from = Path::new(env!("CARGO_MANIFEST_DIR")).join("training/tests/data/llama");
+    let to = dir.join("tiny");
+    std::fs::create_dir_all(&to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            std::fs::copy(&path, to.join(path.file_name().unwrap())).unwrap();
+        }
+    }
+    let config = to.join("config.json");
+    let mut value: Value =
+        serde_json::from_str(&std::fs::read_to_string(&config).unwrap()).unwrap();
+    value["max_position_embeddings"] = json!(4096);
+    std::fs::write(&config, value.to_string()).unwrap();
+    to
+}
+
+struct Server {
+    child: Child,
+    base: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start(dir: &Path) -> Server {
+    let mut child = twin_command(
+        dir,
+        &["serve", "--model", "tiny", "--address", "127.0.0.1:0"],
+    )
+    .env("TWIN_SERVING__API_TOKEN", TOKEN)
+    .env("TWIN_SERVING__MAX_BODY_BYTES", "65536")
+    .stdout(Stdio::piped())
+    .stderr(Stdio::inherit())
+    .spawn()
+    .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let base = line
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .unwrap_or_else(|| panic!("no address in {line:?}"))
+        .to_string();
+    Server { child, base }
+}
+
+const PARAGRAPHS: [&str; 3] = [
+    "Rate limits protect a shared service: a client that backs off when told keeps everyone's latency low, and a client that retries at once makes an outage worse for all.",
+    "Sourdough rewards patience. A starter fed twice a day for a week, a long cold proof overnight, and a very hot oven give a crust that crackles as it cools.",
+    "Event sourcing keeps the log as the truth. Every table is a projection that a replay rebuilds, so a bug in a projection is fixed by replaying, not by patching rows.",
+];
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_service_answers_with_context_and_refuses_bad_requests() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let docs = [
+        substack_article("backoff", &PARAGRAPHS[..1]),
+        substack_article("bread", &PARAGRAPHS[1..2]),
+        substack_article("events", &PARAGRAPHS[2..]),
+    ];
+    let log = EmbeddedLog::open(d.join(".twin/log"), 3, false).unwrap();
+    let events: Vec<Event> = docs.iter().cloned().map(Event::Raw).collect();
+    publish(&log, "raw-documents", &events).await.unwrap();
+    drop(log);
+    let out = twin_command(d, &["stream", "--once"]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    model(d);
+    let server = start(d);
+    let base = server.base.clone();
+    let client = reqwest::Client::new();
+    let get = |path: &str| {
+        client
+            .get(format!("{base}{path}"))
+            .bearer_auth(TOKEN)
+            .send()
+    };
+    let post = |path: &str, body: String| {
+        client
+            .post(format!("{base}{path}"))
+            .bearer_auth(TOKEN)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+    let json_of = |text: String| -> Value { serde_json::from_str(&text).unwrap() };
+
+    // Health and readiness need no token.
+    let health = client.get(format!("{base}/healthz")).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+    let ready = client.get(format!("{base}/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 200, "{}", ready.text().await.unwrap());
+
+    // Search finds the document a sentence comes from.
+    let found = get("/v1/search?q=a%20very%20hot%20oven%20gives%20a%20crust%20that%20crackles&k=2")
+        .await
+        .unwrap();
+    assert_eq!(found.status(), 200);
+    let found = json_of(found.text().await.unwrap());
+    let top = &found["results"][0];
+    assert_eq!(top["url"], "https://paul.substack.com/p/bread", "{found}");
+    assert!(top["text"].as_str().unwrap().contains("Sourdough"));
+    // Self-query: the author named in the query becomes the filter.
+    let named = json_of(
+        get("/v1/search?q=what%20does%20Paul%20Iusztin%20say%20about%20retries")
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+    );
+    assert_eq!(named["author_from_query"], "Paul Iusztin", "{named}");
+
+    // /rag answers with context from those documents and cites them.
+    let rag = post(
+        "/rag",
+        json!({"query": "Why should a client back off when rate limited?", "k": 2, "max_tokens": 8, "temperature": 0})
+            .to_string(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(rag.status(), 200);
+    let rag = json_of(rag.text().await.unwrap());
+    assert!(rag["answer"].is_string());
+    let context = rag["context"].as_array().unwrap();
+    assert!(!context.is_empty(), "{rag}");
+    assert_eq!(
+        context[0]["url"], "https://paul.substack.com/p/backoff",
+        "{rag}"
+    );
+    assert_eq!(context[0]["n"], 1);
+    assert!(rag["usage"]["prompt_tokens"].as_u64().unwrap() > 50);
+
+    // Chat completions: whole, with the context returned, and streamed.
+    let chat = json!({
+        "model": "tiny",
+        "messages": [{"role": "user", "content": "How do you fix a bug in a projection?"}],
+        "max_tokens": 6, "temperature": 0, "return_context": true
+    });
+    let whole = json_of(
+        post("/v1/chat/completions", chat.to_string())
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+    );
+    assert_eq!(whole["object"], "chat.completion");
+    assert_eq!(whole["choices"][0]["message"]["role"], "assistant");
+    assert_eq!(
+        whole["context"][0]["url"], "https://paul.substack.com/p/events",
+        "{whole}"
+    );
+    let mut streamed = chat.clone();
+    streamed["stream"] = json!(true);
+    let response = post("/v1/chat/completions", streamed.to_string())
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(response.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/event-stream"));
+    let text = response.text().await.unwrap();
+    let events: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .collect();
+    assert_eq!(events.last(), Some(&"[DONE]"), "{text}");
+    let chunks: Vec<Value> = events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str(e).unwrap())
+        .collect();
+    assert!(chunks.len() >= 3, "role, tokens, finish: {text}");
+    assert!(chunks
+        .iter()
+        .all(|c| c["object"] == "chat.completion.chunk"));
+    assert!(chunks.last().unwrap()["choices"][0]["finish_reason"].is_string());
+
+    // Embeddings and models.
+    let embedded = json_of(
+        post("/v1/embeddings", json!({"input": ["a", "b c"]}).to_string())
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+    );
+    assert_eq!(embedded["data"].as_array().unwrap().len(), 2);
+    assert_eq!(
+        embedded["data"][0]["embedding"].as_array().unwrap().len(),
+        384
+    );
+    let models = json_of(get("/v1/models").await.unwrap().text().await.unwrap());
+    assert_eq!(models["data"][0]["id"], "tiny");
+
+    // Bad requests: the right status, OpenAI's error body, and the server goes on.
+    let expect = |status: u16, response: reqwest::Response| async move {
+        assert_eq!(response.status(), status);
+        let body: Value = serde_json::from_str(&response.text().await.unwrap()).unwrap();
+        assert!(body["error"]["message"].is_string(), "{body}");
+        body
+    };
+    expect(
+        400,
+        post("/v1/chat/completions", "{not json".into())
+            .await
+            .unwrap(),
+    )
+    .await;
+    let wrong = expect(
+        422,
+        post(
+            "/v1/chat/completions",
+            json!({"messages": "hello"}).to_string(),
+        )
+        .await
+        .unwrap(),
+    )
+    .await;
+    assert!(
+        wrong["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("messages"),
+        "{wrong}"
+    );
+    expect(
+        422,
+        post("/rag", json!({"query": "   "}).to_string())
+            .await
+            .unwrap(),
+    )
+    .await;
+    let big = "word ".repeat(200_000);
+    expect(
+        413,
+        post("/rag", json!({"query": big}).to_string())
+            .await
+            .unwrap(),
+    )
+    .await;
+    let unknown = expect(
+        404,
+        post(
+            "/v1/chat/completions",
+            json!({"model": "gpt-9", "messages": [{"role": "user", "content": "hi"}]}).to_string(),
+        )
+        .await
+        .unwrap(),
+    )
+    .await;
+    assert_eq!(unknown["error"]["code"], "model_not_found");
+    expect(422, get("/v1/search?q=x&author=nobody").await.unwrap()).await;
+    expect(
+        422,
+        post(
+            "/v1/chat/completions",
+            json!({"messages": [{"role": "user", "content": "hi"}], "temperature": -1}).to_string(),
+        )
+        .await
+        .unwrap(),
+    )
+    .await;
+    let no_token = client
+        .get(format!("{base}/v1/models"))
+        .send()
+        .await
+        .unwrap();
+    let body = expect(401, no_token).await;
+    assert!(!body.to_string().contains(TOKEN));
+    let wrong_token = client
+        .get(format!("{base}/v1/models"))
+        .bearer_auth("not-the-token")
+        .send()
+        .await
+        .unwrap();
+    expect(401, wrong_token).await;
+
+    // A client that goes away mid-stream: its sequence leaves the scheduler.
+    let mut long = chat.clone();
+    long["stream"] = json!(true);
+    long["max_tokens"] = json!(2000);
+    long["retrieval"] = json!(false);
+    let mut response = post("/v1/chat/completions", long.to_string())
+        .await
+        .unwrap();
+    assert!(response.chunk().await.unwrap().is_some());
+    drop(response);
+    let mut left = false;
+    for _ in 0..100 {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        let metrics = client
+            .get(format!("{base}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if metrics
+            .lines()
+            .any(|l| l == "twin_generate_cancelled_total 1")
+            && metrics.lines().any(|l| l == "twin_generate_batch_size 0")
+        {
+            left = true;
+            break;
+        }
+    }
+    assert!(left, "the abandoned sequence was not cancelled");
+    let after = get("/v1/models").await.unwrap();
+    assert_eq!(after.status(), 200);
+    let metrics = client
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("twin_serve_requests_total"), "{metrics}");
+    drop(server);
+}
