@@ -116,6 +116,16 @@ if [ ! -f "$TORCH_VENV_STAMP" ]; then
   touch "$TORCH_VENV_STAMP"
 fi
 
+# The official openai client, for the interop test of `twin serve`: in the same environment,
+# with its own stamp so that adding it does not rebuild the rest.
+OPENAI_VERSION=3.51.0
+if [ ! -f "$TORCH_VENV/.twin-openai-$OPENAI_VERSION" ]; then
+  say "installing the openai client $OPENAI_VERSION"
+  "$TORCH_VENV/bin/pip" install --quiet --disable-pip-version-check "openai==$OPENAI_VERSION"
+  "$TORCH_VENV/bin/python" -c "import openai" 2>/dev/null
+  touch "$TORCH_VENV/.twin-openai-$OPENAI_VERSION"
+fi
+
 # fastavro: the "standard Avro tooling" of the wire-format interoperability test.
 if [ ! -f "$CACHE/python/fastavro-$FASTAVRO_VERSION.ok" ]; then
   say "installing fastavro $FASTAVRO_VERSION"

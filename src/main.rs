@@ -120,6 +120,12 @@ enum Command {
     /// (streamed or not), completions, embeddings and models; `/rag`, `/v1/search`, health,
     /// readiness and metrics. Options not given come from `[serving]`.
     Serve(ServeArgs),
+    /// Traces of the requests `twin serve` answered: list, show, and export as an evaluation
+    /// dataset.
+    Traces {
+        #[command(subcommand)]
+        command: TracesCommand,
+    },
     /// Inspect the configuration.
     Config {
         #[command(subcommand)]
@@ -244,6 +250,35 @@ pub struct GenerateArgs {
     /// `text` (the text streamed) or `json` (the completion, once done).
     #[arg(long, default_value = "text")]
     pub format: String,
+}
+
+/// `twin traces` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum TracesCommand {
+    /// The newest traces: time, route, model, query, chunks retrieved, tokens, milliseconds.
+    List {
+        /// How many.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        /// Only `/rag`, `/v1/chat/completions` or `/v1/search`.
+        #[arg(long)]
+        route: Option<String>,
+    },
+    /// One trace in full, as JSON.
+    Show {
+        /// Its id, or a unique prefix.
+        id: String,
+    },
+    /// Write the answered queries as an evaluation dataset: `DIR/test.jsonl` of Alpaca records
+    /// (instruction: the query, output: the answer), for `twin dataset import DIR`.
+    Export {
+        /// The folder.
+        #[arg(long)]
+        out: PathBuf,
+        /// The newest N traces with an answer.
+        #[arg(long, default_value_t = 1000)]
+        limit: usize,
+    },
 }
 
 /// `twin serve` options.
@@ -754,5 +789,6 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Generate(args) => generate::generate(&config, *args).await,
         Command::Eval(args) => eval::eval(&config, *args).await,
         Command::Serve(args) => serve::serve(&config, args).await,
+        Command::Traces { command } => serve::traces(&config, command).await,
     }
 }

@@ -9,6 +9,7 @@ use anyhow::{bail, Context, Result};
 use twin_config::{TwinConfig, VectorStoreBackend};
 use twin_serving::http::{self, Limits, ServerState};
 use twin_serving::retrieval::{RetrievalSettings, Retriever};
+use twin_serving::trace::Tracer;
 use twin_serving::{Engine, EngineOptions};
 
 use crate::ServeArgs;
@@ -83,6 +84,8 @@ pub async fn serve(config: &TwinConfig, args: ServeArgs) -> Result<ExitCode> {
         },
         token: (!settings.api_token.is_empty()).then(|| settings.api_token.clone()),
         metrics: Some(Arc::new(move || recorder.render())),
+        tracer: (settings.trace_sample_rate > 0.0)
+            .then(|| Tracer::start(warehouse.clone(), settings.trace_sample_rate, &model)),
     };
     let mut router = http::router(state);
     if !settings.cors_origins.is_empty() {
@@ -115,6 +118,96 @@ pub async fn serve(config: &TwinConfig, args: ServeArgs) -> Result<ExitCode> {
     tokio::select! {
         result = server => result?,
         () = deadline => eprintln!("requests still in flight after {} s: stopping anyway", grace.as_secs()),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `twin traces`.
+pub async fn traces(config: &TwinConfig, command: crate::TracesCommand) -> Result<ExitCode> {
+    use crate::TracesCommand;
+    let warehouse = twin_warehouse::open(&config.warehouse, &config.data_dir).await?;
+    match command {
+        TracesCommand::List { limit, route } => {
+            let rows = warehouse
+                .traces(0, if route.is_some() { 100_000 } else { limit })
+                .await?;
+            let rows: Vec<_> = rows
+                .into_iter()
+                .filter(|t| route.as_ref().is_none_or(|r| &t.route == r))
+                .take(limit)
+                .collect();
+            if rows.is_empty() {
+                println!("no traces yet (twin serve writes them; [serving] trace_sample_rate)");
+            }
+            for t in rows {
+                let body: serde_json::Value = serde_json::from_str(&t.body).unwrap_or_default();
+                let query: String = body["query"]
+                    .as_str()
+                    .unwrap_or("-")
+                    .chars()
+                    .take(60)
+                    .collect();
+                println!(
+                    "{}  {}  {:<20} {}  chunks {}  tokens {}+{}  {:.0} ms  {:?}",
+                    t.id,
+                    crate::snapshot::time(t.created_at),
+                    t.route,
+                    t.model,
+                    body["retrieved"].as_array().map_or(0, Vec::len),
+                    body["prompt_tokens"].as_u64().unwrap_or(0),
+                    body["completion_tokens"].as_u64().unwrap_or(0),
+                    body["millis"]["total"]
+                        .as_f64()
+                        .or(body["millis"]["retrieval"].as_f64())
+                        .unwrap_or(0.0),
+                    query
+                );
+            }
+        }
+        TracesCommand::Show { id } => {
+            let Some(t) = twin_warehouse::find_trace(warehouse.as_ref(), &id).await? else {
+                bail!("{id}: no such trace (twin traces list)");
+            };
+            let body: serde_json::Value = serde_json::from_str(&t.body)?;
+            let shown = serde_json::json!({
+                "id": t.id,
+                "created_at": crate::snapshot::time(t.created_at),
+                "route": t.route,
+                "model": t.model,
+                "trace": body,
+            });
+            println!("{}", serde_json::to_string_pretty(&shown)?);
+        }
+        TracesCommand::Export { out, limit } => {
+            let mut lines = Vec::new();
+            for t in warehouse.traces(0, 100_000).await? {
+                let body: serde_json::Value = serde_json::from_str(&t.body).unwrap_or_default();
+                let (Some(query), Some(answer)) = (body["query"].as_str(), body["answer"].as_str())
+                else {
+                    continue;
+                };
+                if query.trim().is_empty() || answer.trim().is_empty() {
+                    continue;
+                }
+                lines.push(
+                    serde_json::json!({"instruction": query, "input": "", "output": answer})
+                        .to_string(),
+                );
+                if lines.len() == limit {
+                    break;
+                }
+            }
+            std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+            let file = out.join("test.jsonl");
+            std::fs::write(&file, lines.join("\n") + "\n")
+                .with_context(|| format!("writing {}", file.display()))?;
+            println!(
+                "{} answered queries written to {} (twin dataset import {})",
+                lines.len(),
+                file.display(),
+                out.display()
+            );
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -361,5 +361,103 @@ async fn the_service_answers_with_context_and_refuses_bad_requests() {
         .await
         .unwrap();
     assert!(metrics.contains("twin_serve_requests_total"), "{metrics}");
+
+    openai_client_talks_to_the_server(&base);
     drop(server);
+
+    // Each answered request left a trace in the warehouse: route, query, chunks and scores,
+    // tokens, times, model; the answered queries export as an evaluation dataset.
+    let run = |args: &[&str]| {
+        let out = twin_command(d, args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let list = run(&["traces", "list", "--limit", "100"]);
+    assert!(
+        list.contains("/rag") && list.contains("/v1/search"),
+        "{list}"
+    );
+    let rag_trace = list
+        .lines()
+        .find(|l| l.contains("/rag"))
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
+    let shown: Value = serde_json::from_str(&run(&["traces", "show", &rag_trace])).unwrap();
+    assert_eq!(shown["model"], "tiny");
+    assert_eq!(
+        shown["trace"]["query"],
+        "Why should a client back off when rate limited?"
+    );
+    assert!(shown["trace"]["retrieved"][0]["score"].as_f64().unwrap() > 0.0);
+    assert!(shown["trace"]["millis"]["retrieval"].as_f64().unwrap() > 0.0);
+    let exported = run(&["traces", "export", "--out", "asked"]);
+    assert!(exported.contains("answered queries"), "{exported}");
+    let imported = run(&["dataset", "import", "asked", "--name", "asked"]);
+    assert!(imported.contains("test"), "{imported}");
+}
+
+/// The official `openai` package (PyPI) against the server: a chat completion, a streamed
+/// one, embeddings, the models list, and an error it raises as the right exception.
+fn openai_client_talks_to_the_server(base: &str) {
+    let test = "openai_client_talks_to_the_server";
+    let Some(python) = twin_testkit::python::torch_python_with_or_skip(test, &["openai"]) else {
+        return;
+    };
+    let script = r#"
+import json, sys, openai
+client = openai.OpenAI(base_url=sys.argv[1] + "/v1", api_key=sys.argv[2], max_retries=0)
+messages = [{"role": "user", "content": "How do you fix a bug in a projection?"}]
+whole = client.chat.completions.create(model="tiny", messages=messages, max_tokens=5, temperature=0,
+                                       extra_body={"return_context": True})
+pieces = []
+finish = None
+for chunk in client.chat.completions.create(model="tiny", messages=messages, max_tokens=5,
+                                            temperature=0, stream=True):
+    if chunk.choices and chunk.choices[0].delta.content:
+        pieces.append(chunk.choices[0].delta.content)
+    if chunk.choices and chunk.choices[0].finish_reason:
+        finish = chunk.choices[0].finish_reason
+embedded = client.embeddings.create(model="sentence-transformers/all-MiniLM-L6-v2", input=["one", "two"])
+models = [m.id for m in client.models.list()]
+try:
+    client.chat.completions.create(model="gpt-9", messages=messages)
+    error = None
+except openai.NotFoundError as e:
+    error = {"status": e.status_code, "code": e.code, "message": e.message}
+print(json.dumps({
+    "version": openai.__version__,
+    "content": whole.choices[0].message.content,
+    "usage": whole.usage.completion_tokens,
+    "context": (whole.model_extra or {}).get("context"),
+    "streamed": "".join(pieces),
+    "finish": finish,
+    "embeddings": [len(d.embedding) for d in embedded.data],
+    "models": models,
+    "error": error,
+}))
+"#;
+    let result = twin_testkit::python::run_json(&python, script, &[base, TOKEN])
+        .expect("the openai client script ran");
+    assert!(result["content"].is_string(), "{result}");
+    assert!(result["usage"].as_u64().unwrap() >= 1);
+    assert_eq!(
+        result["context"][0]["url"], "https://paul.substack.com/p/events",
+        "{result}"
+    );
+    assert_eq!(
+        result["streamed"], result["content"],
+        "the same greedy text, streamed"
+    );
+    assert!(result["finish"].is_string());
+    assert_eq!(result["embeddings"], json!([384, 384]));
+    assert_eq!(result["models"][0], "tiny");
+    assert_eq!(result["error"]["status"], 404, "{result}");
+    assert_eq!(result["error"]["code"], "model_not_found");
 }

@@ -963,6 +963,8 @@ pub struct ServingConfig {
     pub cors_origins: Vec<String>,
     /// Seconds in-flight requests get to finish after a shutdown signal.
     pub shutdown_grace_secs: u64,
+    /// Share of requests whose trace is written to the warehouse (0: none, 1: all).
+    pub trace_sample_rate: f64,
 }
 
 impl Default for ServingConfig {
@@ -982,6 +984,7 @@ impl Default for ServingConfig {
             max_tokens: 256,
             cors_origins: Vec::new(),
             shutdown_grace_secs: 30,
+            trace_sample_rate: 1.0,
         }
     }
 }

@@ -33,6 +33,7 @@ use crate::engine::{Completion, Engine, Event, GenerationRequest, Prompt};
 use crate::rag;
 use crate::retrieval::{parse_kind, Filters, Retriever, Source};
 use crate::sampling::SamplingParams;
+use crate::trace::Tracer;
 use crate::ServingError;
 
 /// What the server needs.
@@ -51,6 +52,8 @@ pub struct ServerState {
     pub token: Option<String>,
     /// Renders the Prometheus metrics.
     pub metrics: Option<Arc<dyn Fn() -> String + Send + Sync>>,
+    /// Writes request traces to the warehouse, when tracing is on.
+    pub tracer: Option<Tracer>,
 }
 
 /// Limits and defaults of the API.
@@ -352,7 +355,11 @@ async fn read_json<T: DeserializeOwned>(app: &App, body: Body) -> Result<T, ApiE
                 format!("the body is not the request expected: {inner}"),
             )
         } else {
-            let param = path.split(['.', '[']).next().unwrap_or_default().to_string();
+            let param = path
+                .split(['.', '['])
+                .next()
+                .unwrap_or_default()
+                .to_string();
             ApiError {
                 param: Some(param),
                 ..ApiError::new(
@@ -516,6 +523,13 @@ fn finish_reason(done: &Completion) -> &'static str {
     }
 }
 
+/// A conversation with its retrieved context.
+struct Retrieved {
+    messages: Vec<Message>,
+    sources: Vec<Source>,
+    millis: f64,
+}
+
 /// The conversation with the retrieved context, when retrieval is on.
 async fn with_context(
     app: &App,
@@ -524,7 +538,7 @@ async fn with_context(
     filters: &Filters,
     k: usize,
     max_tokens: usize,
-) -> Result<(Vec<Message>, Vec<Source>), ApiError> {
+) -> Result<Retrieved, ApiError> {
     let retrieval = app
         .state
         .retriever
@@ -537,7 +551,42 @@ async fn with_context(
         &retrieval.sources,
         max_tokens,
     )?;
-    Ok((packed.messages, packed.sources))
+    Ok(Retrieved {
+        messages: packed.messages,
+        sources: packed.sources,
+        millis: retrieval.millis,
+    })
+}
+
+/// What a trace says of retrieved chunks.
+fn retrieved(sources: &[Source]) -> Value {
+    Value::Array(
+        sources
+            .iter()
+            .map(
+                |s| json!({"chunk_id": s.chunk_id, "document_id": s.document_id, "score": s.score}),
+            )
+            .collect(),
+    )
+}
+
+fn filters_json(filters: &Filters) -> Value {
+    json!({
+        "author": filters.author,
+        "platform": filters.platform,
+        "kinds": filters.kinds.iter().map(|k| crate::retrieval::kind_name(*k)).collect::<Vec<_>>(),
+        "published_after": filters.published_after,
+        "published_before": filters.published_before,
+    })
+}
+
+/// Record a trace of request `id` when the tracer samples it.
+fn trace(app: &App, id: &str, route: &str, body: impl FnOnce() -> Value) {
+    if let Some(tracer) = &app.state.tracer {
+        if tracer.sampled() {
+            tracer.record(id, route, body());
+        }
+    }
 }
 
 async fn chat_completions(State(app): State<Shared>, body: Body) -> Result<Response, ApiError> {
@@ -560,40 +609,86 @@ async fn chat_completions(State(app): State<Shared>, body: Body) -> Result<Respo
             ));
         }
     }
-    let (messages, sources) = if request.retrieval.unwrap_or(true) {
-        let Some(query) = request.messages.iter().rev().find(|m| m.role == "user") else {
+    let started = Instant::now();
+    let filters = Filters {
+        author: request.author.clone(),
+        ..Filters::default()
+    };
+    // The last user message is what retrieval searches for, and what a trace records.
+    let query = request
+        .messages
+        .iter()
+        .rev()
+        .find(|m| m.role == "user")
+        .map(|m| m.content.clone());
+    let found = if request.retrieval.unwrap_or(true) {
+        let Some(query) = &query else {
             return Err(ApiError::invalid(
                 "messages",
                 "retrieval needs a user message to search for (or set \"retrieval\": false)",
             ));
         };
-        let filters = Filters {
-            author: request.author.clone(),
-            ..Filters::default()
-        };
         let k = request.k.unwrap_or(app.state.limits.k);
         with_context(
             &app,
             messages,
-            &query.content,
+            query,
             &filters,
             k,
             params.max_tokens.unwrap_or(app.state.limits.max_tokens),
         )
         .await?
     } else {
-        (messages, Vec::new())
+        Retrieved {
+            messages,
+            sources: Vec::new(),
+            millis: 0.0,
+        }
     };
+    let Retrieved {
+        messages,
+        sources,
+        millis: retrieval_ms,
+    } = found;
     let generation = app.state.engine.submit(GenerationRequest {
         prompt: Prompt::Chat(messages),
         params,
     })?;
     let id = request_id("chatcmpl");
     let context = request.return_context.then(|| citations(&sources));
+    let trace_of = {
+        let filters = filters_json(&filters);
+        let sources = retrieved(&sources);
+        move |done: &Completion, total_ms: f64| {
+            json!({
+                "query": query,
+                "filters": filters,
+                "retrieved": sources,
+                "prompt_tokens": done.prompt_tokens,
+                "completion_tokens": done.completion_tokens,
+                "finish_reason": finish_reason(done),
+                "answer": done.text,
+                "millis": { "retrieval": retrieval_ms, "total": total_ms },
+            })
+        }
+    };
     if request.stream {
-        return Ok(stream_chat(app.state.model.clone(), id, generation, context).into_response());
+        let app_for_trace = app.clone();
+        let trace_id = id.clone();
+        let on_done = move |done: &Completion| {
+            let total = started.elapsed().as_secs_f64() * 1000.0;
+            trace(&app_for_trace, &trace_id, "/v1/chat/completions", || {
+                trace_of(done, total)
+            });
+        };
+        return Ok(
+            stream_chat(app.state.model.clone(), id, generation, context, on_done).into_response(),
+        );
     }
     let done = generation.collect().await?;
+    trace(&app, &id, "/v1/chat/completions", || {
+        trace_of(&done, started.elapsed().as_secs_f64() * 1000.0)
+    });
     let mut body = json!({
         "id": id,
         "object": "chat.completion",
@@ -619,6 +714,7 @@ fn stream_chat(
     id: String,
     mut generation: crate::engine::Generation,
     context: Option<Value>,
+    on_done: impl FnOnce(&Completion) + Send + 'static,
 ) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
     let created = created();
     let chunk = move |delta: Value, finish: Option<&str>, extra: Option<(&str, Value)>| {
@@ -653,6 +749,7 @@ fn stream_chat(
                 }
                 Event::Token { .. } | Event::Text(_) => true,
                 Event::Finished(done) => {
+                    on_done(&done);
                     send(chunk(
                         json!({}),
                         Some(finish_reason(&done)),
@@ -762,16 +859,17 @@ async fn embeddings(State(app): State<Shared>, body: Body) -> Result<Response, A
             });
         }
     }
-    if request
-        .encoding_format
-        .as_deref()
-        .is_some_and(|f| f != "float")
-    {
-        return Err(ApiError::invalid(
-            "encoding_format",
-            "only `float` is supported",
-        ));
-    }
+    // The openai client asks for base64 by default: little-endian f32s, base64-encoded.
+    let as_base64 = match request.encoding_format.as_deref() {
+        None | Some("float") => false,
+        Some("base64") => true,
+        Some(other) => {
+            return Err(ApiError::invalid(
+                "encoding_format",
+                format!("unknown encoding_format `{other}`: use float or base64"),
+            ))
+        }
+    };
     let texts = match request.input {
         Input::One(s) => vec![s],
         Input::Many(v) => v,
@@ -793,7 +891,16 @@ async fn embeddings(State(app): State<Shared>, body: Body) -> Result<Response, A
     let data: Vec<Value> = vectors
         .into_iter()
         .enumerate()
-        .map(|(i, v)| json!({"object": "embedding", "index": i, "embedding": v}))
+        .map(|(i, v)| {
+            let embedding = if as_base64 {
+                use base64::Engine as _;
+                let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+                json!(base64::engine::general_purpose::STANDARD.encode(bytes))
+            } else {
+                json!(v)
+            };
+            json!({"object": "embedding", "index": i, "embedding": embedding})
+        })
         .collect();
     Ok(json_response(&json!({
         "object": "list",
@@ -877,6 +984,16 @@ async fn search(
         .retriever
         .search(&q, &[], &filters, k.max(0) as usize, diverse)
         .await?;
+    trace(&app, &request_id("search"), "/v1/search", || {
+        json!({
+            "query": q,
+            "filters": filters_json(&filters),
+            "k": k,
+            "author_from_query": retrieval.author_from_query,
+            "retrieved": retrieved(&retrieval.sources),
+            "millis": { "retrieval": retrieval.millis },
+        })
+    });
     Ok(json_response(&json!({
         "query": q,
         "author_from_query": retrieval.author_from_query,
@@ -910,7 +1027,7 @@ async fn rag_answer(State(app): State<Shared>, body: Body) -> Result<Response, A
     )?;
     let k = request.k.unwrap_or(app.state.limits.k);
     let started = Instant::now();
-    let (messages, sources) = with_context(
+    let found = with_context(
         &app,
         vec![Message::new("user", request.query.clone())],
         &request.query,
@@ -919,14 +1036,29 @@ async fn rag_answer(State(app): State<Shared>, body: Body) -> Result<Response, A
         params.max_tokens.unwrap_or(app.state.limits.max_tokens),
     )
     .await?;
+    let sources = found.sources;
     let done = app
         .state
         .engine
         .generate(GenerationRequest {
-            prompt: Prompt::Chat(messages),
+            prompt: Prompt::Chat(found.messages),
             params,
         })
         .await?;
+    let total_ms = started.elapsed().as_secs_f64() * 1000.0;
+    trace(&app, &request_id("rag"), "/rag", || {
+        json!({
+            "query": request.query,
+            "filters": filters_json(&filters),
+            "k": k,
+            "retrieved": retrieved(&sources),
+            "prompt_tokens": done.prompt_tokens,
+            "completion_tokens": done.completion_tokens,
+            "finish_reason": finish_reason(&done),
+            "answer": done.text,
+            "millis": { "retrieval": found.millis, "total": total_ms },
+        })
+    });
     Ok(json_response(&json!({
         "answer": done.text,
         "context": citations(&sources),

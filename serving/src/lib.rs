@@ -12,6 +12,7 @@
 //!   self-query, fused across rewrites, re-ranked by maximal marginal relevance.
 //! - [`rag`]: the retrieved chunks packed into the chat template within the context.
 //! - [`http`]: the HTTP API of `twin serve` (OpenAI-compatible, `/rag`, `/v1/search`).
+//! - [`trace`]: request traces, sampled, written to the warehouse off the request path.
 
 pub mod engine;
 pub mod http;
@@ -20,6 +21,7 @@ pub mod rag;
 pub mod retrieval;
 pub mod sampling;
 pub mod text;
+pub mod trace;
 
 use std::path::PathBuf;
 

@@ -197,6 +197,18 @@ impl Warehouse for FailingFirst {
     async fn run_metrics(&self, run_id: &str) -> Result<Vec<MetricRow>, WarehouseError> {
         self.inner.run_metrics(run_id).await
     }
+
+    async fn put_traces(&self, rows: &[twin_warehouse::TraceRow]) -> Result<(), WarehouseError> {
+        self.inner.put_traces(rows).await
+    }
+
+    async fn traces(
+        &self,
+        since: i64,
+        limit: usize,
+    ) -> Result<Vec<twin_warehouse::TraceRow>, WarehouseError> {
+        self.inner.traces(since, limit).await
+    }
 }
 
 /// The pipeline of `config` with its warehouse behind a [`FailingFirst`].

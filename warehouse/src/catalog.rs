@@ -144,6 +144,22 @@ pub struct MetricRow {
     pub body: String,
 }
 
+/// A request the inference service answered (`twin serve`): route, query, filters, retrieved
+/// chunks and scores, token counts, time per step, model, as JSON in `body`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TraceRow {
+    /// The request's id.
+    pub id: String,
+    /// When it was answered, ms since the epoch.
+    pub created_at: i64,
+    /// The route (`/rag`, `/v1/chat/completions`, ...).
+    pub route: String,
+    /// The model that answered (`name@vN` or its folder).
+    pub model: String,
+    /// Everything else, as a JSON object.
+    pub body: String,
+}
+
 /// The one item whose id is `key`, or starts with it when only one does, or is named `key`.
 pub(crate) fn find<T>(
     items: Vec<T>,

@@ -22,7 +22,8 @@ use crate::filter::{self, Conditions, SqlValue};
 use crate::{
     breakdowns, from_json, next_version, to_json, AsOf, Breakdown, ChunkCursor, ChunkRow,
     Compaction, Counts, DatasetRecord, DocumentFilter, DocumentRow, MetricRow, Position, Result,
-    RunRecord, SampleRow, Snapshot, Stored, StoredChunk, Warehouse, WarehouseError, SCHEMA_VERSION,
+    RunRecord, SampleRow, Snapshot, Stored, StoredChunk, TraceRow, Warehouse, WarehouseError,
+    SCHEMA_VERSION,
 };
 
 /// The ClickHouse warehouse.
@@ -93,7 +94,7 @@ const PROJECTION: [(&str, &str, &str); 4] = [
 /// Snapshots and datasets: kept by a rebuild. A record's newest version wins (`FINAL`); a
 /// forgotten one is a version with `deleted = 1`. Samples are stored per build of a dataset
 /// (its record's version), so a rebuilt dataset never mixes with its older samples.
-const CATALOG: [(&str, &str, &str); 5] = [
+const CATALOG: [(&str, &str, &str); 6] = [
     (
         "snapshots",
         "id String, name Nullable(String), created_at Int64, positions String, version UInt64, deleted UInt8",
@@ -120,6 +121,11 @@ const CATALOG: [(&str, &str, &str); 5] = [
         "run_metrics",
         "run_id String, kind String, step UInt64, body String, version UInt64",
         "ReplacingMergeTree(version) ORDER BY (run_id, kind, step)",
+    ),
+    (
+        "traces",
+        "id String, created_at Int64, route String, model String, body String, version UInt64",
+        "ReplacingMergeTree(version) ORDER BY (created_at, id)",
     ),
 ];
 
@@ -460,6 +466,16 @@ struct RunRow {
     body: String,
     version: u64,
     deleted: u8,
+}
+
+#[derive(Debug, clickhouse::Row, serde::Serialize, serde::Deserialize)]
+struct TraceTableRow {
+    id: String,
+    created_at: i64,
+    route: String,
+    model: String,
+    body: String,
+    version: u64,
 }
 
 #[derive(Debug, clickhouse::Row, serde::Serialize, serde::Deserialize)]
@@ -1022,6 +1038,45 @@ impl Warehouse for ClickHouseWarehouse {
                 run_id: r.run_id,
                 kind: r.kind,
                 step: r.step,
+                body: r.body,
+            })
+            .collect())
+    }
+
+    async fn put_traces(&self, rows: &[TraceRow]) -> Result<()> {
+        let rows: Vec<TraceTableRow> = rows
+            .iter()
+            .map(|r| TraceTableRow {
+                id: r.id.clone(),
+                created_at: r.created_at,
+                route: r.route.clone(),
+                model: r.model.clone(),
+                body: r.body.clone(),
+                version: next_version(),
+            })
+            .collect();
+        self.insert("traces", &rows).await
+    }
+
+    async fn traces(&self, since: i64, limit: usize) -> Result<Vec<TraceRow>> {
+        let rows: Vec<TraceTableRow> = self
+            .client
+            .query(
+                "SELECT ?fields FROM traces FINAL WHERE created_at >= ? \
+                 ORDER BY created_at DESC, id DESC LIMIT ?",
+            )
+            .bind(since)
+            .bind(limit as u64)
+            .fetch_all()
+            .await
+            .map_err(ch_err("traces"))?;
+        Ok(rows
+            .into_iter()
+            .map(|r| TraceRow {
+                id: r.id,
+                created_at: r.created_at,
+                route: r.route,
+                model: r.model,
                 body: r.body,
             })
             .collect())

@@ -41,7 +41,7 @@ use serde::{Deserialize, Serialize};
 use twin_config::{DataLayout, WarehouseBackend, WarehouseConfig};
 use twin_schemas::{Chunk, CleanedDocument, DocumentKind, RawDocument};
 
-pub use self::catalog::{DatasetRecord, MetricRow, RunRecord, SampleRow, Snapshot};
+pub use self::catalog::{DatasetRecord, MetricRow, RunRecord, SampleRow, Snapshot, TraceRow};
 pub use self::clickhouse_store::ClickHouseWarehouse;
 pub use self::filter::{AsOf, DocumentFilter};
 pub use self::sqlite::SqliteWarehouse;
@@ -321,6 +321,18 @@ pub trait Warehouse: Send + Sync {
 
     /// A run's metrics, by kind, then step.
     async fn run_metrics(&self, run_id: &str) -> Result<Vec<MetricRow>>;
+
+    /// Store traces of served requests (a trace stored again replaces the earlier one).
+    async fn put_traces(&self, rows: &[TraceRow]) -> Result<()>;
+
+    /// The newest `limit` traces made at or after `since` (ms), newest first.
+    async fn traces(&self, since: i64, limit: usize) -> Result<Vec<TraceRow>>;
+}
+
+/// One trace by id, or by a unique prefix of it (among the newest 100,000).
+pub async fn find_trace(warehouse: &dyn Warehouse, key: &str) -> Result<Option<TraceRow>> {
+    let traces = warehouse.traces(0, 100_000).await?;
+    Ok(catalog::find(traces, key, |t| (&t.id, None)))
 }
 
 /// One snapshot by id, or by a unique prefix of it, or by name.

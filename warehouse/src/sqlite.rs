@@ -18,8 +18,8 @@ use crate::filter::{self, Conditions, SqlValue};
 use crate::{
     breakdowns, from_json, to_json, AsOf, Breakdown, ChunkCursor, ChunkRow, Compaction, Counts,
     DatasetRecord, DocumentFilter, DocumentRow, MetricRow, Position, Result, RunRecord, SampleRow,
-    Snapshot, Stored, StoredChunk, Warehouse, WarehouseError, CHUNK_COLUMNS, DOCUMENT_COLUMNS,
-    SCHEMA_VERSION,
+    Snapshot, Stored, StoredChunk, TraceRow, Warehouse, WarehouseError, CHUNK_COLUMNS,
+    DOCUMENT_COLUMNS, SCHEMA_VERSION,
 };
 
 const SCHEMA: &str = "
@@ -59,6 +59,10 @@ CREATE TABLE IF NOT EXISTS runs (
 CREATE TABLE IF NOT EXISTS run_metrics (
     run_id TEXT NOT NULL, kind TEXT NOT NULL, step INTEGER NOT NULL, body TEXT NOT NULL,
     PRIMARY KEY (run_id, kind, step));
+CREATE TABLE IF NOT EXISTS traces (
+    id TEXT PRIMARY KEY, created_at INTEGER NOT NULL, route TEXT NOT NULL, model TEXT NOT NULL,
+    body TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS traces_by_time ON traces (created_at);
 ";
 
 /// The projection's tables: what a rebuild drops.
@@ -926,6 +930,43 @@ impl Warehouse for SqliteWarehouse {
                     kind: r.get(1)?,
                     step: r.get::<_, i64>(2)? as u64,
                     body: r.get(3)?,
+                })
+            })?;
+            rows.collect()
+        })
+        .await
+    }
+
+    async fn put_traces(&self, rows: &[TraceRow]) -> Result<()> {
+        let rows = rows.to_vec();
+        self.with(move |c| {
+            let tx = c.transaction()?;
+            {
+                let mut insert = tx.prepare(
+                    "INSERT OR REPLACE INTO traces (id, created_at, route, model, body) VALUES (?1, ?2, ?3, ?4, ?5)",
+                )?;
+                for row in &rows {
+                    insert.execute(params![row.id, row.created_at, row.route, row.model, row.body])?;
+                }
+            }
+            tx.commit()
+        })
+        .await
+    }
+
+    async fn traces(&self, since: i64, limit: usize) -> Result<Vec<TraceRow>> {
+        self.with(move |c| {
+            let mut statement = c.prepare(
+                "SELECT id, created_at, route, model, body FROM traces WHERE created_at >= ?1 \
+                 ORDER BY created_at DESC, id DESC LIMIT ?2",
+            )?;
+            let rows = statement.query_map(params![since, limit as i64], |r| {
+                Ok(TraceRow {
+                    id: r.get(0)?,
+                    created_at: r.get(1)?,
+                    route: r.get(2)?,
+                    model: r.get(3)?,
+                    body: r.get(4)?,
                 })
             })?;
             rows.collect()

@@ -11,9 +11,9 @@ use twin_schemas::{CleanedDocument, DocumentKind, Position, RawDocument};
 use twin_testkit::documents::{article as raw, chunks};
 use twin_testkit::Backend;
 use twin_warehouse::{
-    find_run, find_snapshot, scan_chunks, scan_cleaned, scan_raw, AsOf, Breakdown,
+    find_run, find_snapshot, find_trace, scan_chunks, scan_cleaned, scan_raw, AsOf, Breakdown,
     ClickHouseWarehouse, Compaction, Counts, DatasetRecord, DocumentFilter, MetricRow, RunRecord,
-    SampleRow, Snapshot, SqliteWarehouse, Warehouse, WarehouseError,
+    SampleRow, Snapshot, SqliteWarehouse, TraceRow, Warehouse, WarehouseError,
 };
 
 type Handle = Arc<dyn Warehouse>;
@@ -675,6 +675,33 @@ async fn runs_keep_their_newest_record_and_a_step_written_again_replaces_the_old
     assert!(w.run_metrics("r-0001").await.expect("metrics").is_empty());
 }
 
+async fn traces_are_kept_newest_first_and_survive_a_rebuild(w: Handle) {
+    let trace = |id: &str, at: i64| TraceRow {
+        id: id.into(),
+        created_at: at,
+        route: "/rag".into(),
+        model: "twin@v1".into(),
+        body: format!(r#"{{"query":"q{id}"}}"#),
+    };
+    w.put_traces(&[trace("t-1", 100), trace("t-2", 200), trace("t-3", 300)])
+        .await
+        .expect("put");
+    // Stored again (a retried write): no duplicate.
+    w.put_traces(&[trace("t-2", 200)]).await.expect("again");
+    w.drop_all().await.expect("drop");
+    w.ensure_schema().await.expect("schema");
+    assert_eq!(
+        w.traces(0, 10).await.expect("traces"),
+        [trace("t-3", 300), trace("t-2", 200), trace("t-1", 100)]
+    );
+    assert_eq!(w.traces(150, 1).await.expect("since"), [trace("t-3", 300)]);
+    assert_eq!(
+        find_trace(w.as_ref(), "t-1").await.expect("find"),
+        Some(trace("t-1", 100))
+    );
+    assert_eq!(find_trace(w.as_ref(), "t-").await.expect("ambiguous"), None);
+}
+
 twin_testkit::contract_suite! {
     backends: [embedded, clickhouse],
     tests: [
@@ -693,6 +720,7 @@ twin_testkit::contract_suite! {
         snapshots_and_datasets_are_kept_across_a_rebuild,
         the_newest_cleaning_again_wins_and_earlier_snapshots_keep_theirs,
         runs_keep_their_newest_record_and_a_step_written_again_replaces_the_old,
+        traces_are_kept_newest_first_and_survive_a_rebuild,
     ],
 }
 
