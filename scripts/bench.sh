@@ -7,6 +7,8 @@
 #   scripts/bench.sh datasets offline dataset build time, 76 and 760 documents
 #   scripts/bench.sh train    training tokens/s against transformers, full and LoRA [-- --steps N]
 #   scripts/bench.sh generate generation tokens/s against transformers, 1/4/16 concurrent [-- --tokens N]
+#   scripts/bench.sh serve    /v1/search p50/p99 with 100,000 chunks on Qdrant Edge and server; load
+#                             at rising concurrency on /v1/search and /rag [-- --chunks N --seconds S]
 # Extra arguments after the name go to the benchmark.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -42,4 +44,7 @@ if [ "$which" = train ] || [ "$which" = all ]; then
 fi
 if [ "$which" = generate ] || [ "$which" = all ]; then
   cargo bench --locked -p twin-serving --bench generate_throughput -- "$@"
+fi
+if [ "$which" = serve ] || [ "$which" = all ]; then
+  cargo bench --locked -p twin-serving --bench serve_latency -- "$@"
 fi

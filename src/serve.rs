@@ -50,6 +50,10 @@ pub async fn serve(config: &TwinConfig, args: ServeArgs) -> Result<ExitCode> {
             };
             anyhow::anyhow!("opening the vector store: {e}{hint}")
         })?;
+    // The embedded store indexes only when asked (the stream asks when it has caught up).
+    if store.optimize().await? {
+        tracing::info!("vector store indexed");
+    }
     let warehouse = twin_warehouse::open(&config.warehouse, &config.data_dir).await?;
     let retriever = Retriever::new(
         embedder,

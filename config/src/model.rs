@@ -506,7 +506,8 @@ pub struct MetricsConfig {
     pub stream: String,
     /// Where scheduled `twin ingest` serves `/metrics`.
     pub ingest: String,
-    /// Where `twin serve` will serve `/metrics`.
+    /// Unused: `twin serve` serves `/metrics` on its own API address (kept so that older
+    /// configuration files still load).
     pub serve: String,
     /// Where `twin train` serves `/metrics` while it trains.
     pub train: String,

@@ -273,6 +273,8 @@ impl Pipeline {
         let mut reached: Vec<Option<u64>> = vec![None; targets.len()];
         let mut stats = RunStats::default();
         let mut idle_polls = 0;
+        // Points written since the vector store last built its index.
+        let mut unindexed = false;
         tokio::pin!(shutdown);
         loop {
             let done = |p: usize| reached[p].is_some_and(|d| d + 1 >= targets[p]);
@@ -285,6 +287,11 @@ impl Pipeline {
                 batch = next_batch(&mut consumer, options.batch_size) => batch?,
             };
             if batch.is_empty() {
+                // Idle: a good moment for the embedded store to index what came.
+                if unindexed {
+                    self.index_vectors().await;
+                    unindexed = false;
+                }
                 if options.until_caught_up {
                     idle_polls += 1;
                     let waiting_for_work = (0..targets.len()).any(|p| work_left[p] && !done(p));
@@ -321,8 +328,26 @@ impl Pipeline {
             idle_polls = 0;
             self.handle(batch, &mut consumer, &mut reached, &mut stats)
                 .await?;
+            unindexed = true;
+        }
+        if unindexed {
+            self.index_vectors().await;
         }
         Ok(stats)
+    }
+
+    /// Build the vector store's search index of what was written; a failure is logged, not
+    /// fatal (search still works, by scanning).
+    async fn index_vectors(&self) {
+        let started = std::time::Instant::now();
+        match self.vectors.optimize().await {
+            Ok(true) => tracing::info!(
+                seconds = started.elapsed().as_secs_f64(),
+                "vector store indexed"
+            ),
+            Ok(false) => {}
+            Err(e) => tracing::warn!(error = %e, "could not index the vector store"),
+        }
     }
 
     /// Count the blocks of every document in the warehouse, for template detection.

@@ -327,6 +327,17 @@ impl VectorStore for EdgeVectorStore {
         .await
     }
 
+    async fn optimize(&self) -> Result<bool, VectorStoreError> {
+        let mut any = false;
+        for kind in KINDS {
+            let name = collection(&self.prefix, kind);
+            any |= self
+                .on_shard(name, |shard| shard.optimize().map_err(edge_err("optimize")))
+                .await?;
+        }
+        Ok(any)
+    }
+
     async fn drop_all(&self) -> Result<(), VectorStoreError> {
         let mut shards = self.shards.lock().unwrap_or_else(|p| p.into_inner());
         shards.clear();

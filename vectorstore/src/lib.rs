@@ -210,6 +210,14 @@ pub trait VectorStore: Send + Sync {
 
     /// Delete every collection (before a rebuild from the log).
     async fn drop_all(&self) -> Result<(), VectorStoreError>;
+
+    /// Build the search index of what was written (HNSW, merged segments), so that a search
+    /// does not scan every point. The Qdrant server does it in the background: a no-op there.
+    /// Qdrant Edge does it only when asked: `twin stream` asks when it has caught up, `twin
+    /// serve` at start. Returns whether anything was rebuilt.
+    async fn optimize(&self) -> Result<bool, VectorStoreError> {
+        Ok(false)
+    }
 }
 
 /// The collection of a kind of document, under `prefix`.
