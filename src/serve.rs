@@ -85,6 +85,7 @@ pub async fn serve(config: &TwinConfig, args: ServeArgs) -> Result<ExitCode> {
             max_body_bytes: settings.max_body_bytes,
             k: settings.k,
             max_tokens: settings.max_tokens,
+            expansions: settings.expansions,
         },
         token: (!settings.api_token.is_empty()).then(|| settings.api_token.clone()),
         metrics: Some(Arc::new(move || recorder.render())),

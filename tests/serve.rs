@@ -126,6 +126,14 @@ async fn the_service_answers_with_context_and_refuses_bad_requests() {
             .send()
     };
     let json_of = |text: String| -> Value { serde_json::from_str(&text).unwrap() };
+    let expect_status = |status: u16, response: reqwest::Response| async move {
+        assert_eq!(
+            response.status(),
+            status,
+            "{}",
+            response.text().await.unwrap()
+        );
+    };
 
     // Health and readiness need no token.
     let health = client.get(format!("{base}/healthz")).send().await.unwrap();
@@ -172,6 +180,28 @@ async fn the_service_answers_with_context_and_refuses_bad_requests() {
     );
     assert_eq!(context[0]["n"], 1);
     assert!(rag["usage"]["prompt_tokens"].as_u64().unwrap() > 50);
+    // Query expansion: the model's rewrites are searched too, and reported.
+    let expanded = post(
+        "/rag",
+        json!({"query": "Why should a client back off when rate limited?", "k": 2, "max_tokens": 4, "temperature": 0, "expansions": 2})
+            .to_string(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(expanded.status(), 200);
+    let expanded = json_of(expanded.text().await.unwrap());
+    assert!(
+        expanded["rewrites"].as_array().unwrap().len() <= 2,
+        "{expanded}"
+    );
+    assert!(!expanded["context"].as_array().unwrap().is_empty());
+    expect_status(
+        422,
+        post("/rag", json!({"query": "q", "expansions": 9}).to_string())
+            .await
+            .unwrap(),
+    )
+    .await;
 
     // Chat completions: whole, with the context returned, and streamed.
     let chat = json!({

@@ -966,6 +966,9 @@ pub struct ServingConfig {
     pub shutdown_grace_secs: u64,
     /// Share of requests whose trace is written to the warehouse (0: none, 1: all).
     pub trace_sample_rate: f64,
+    /// Rewrites of each query the model writes and retrieval searches besides it, fused by
+    /// reciprocal rank (query expansion; 0 to 5, each costs a generation).
+    pub expansions: usize,
 }
 
 impl Default for ServingConfig {
@@ -986,6 +989,7 @@ impl Default for ServingConfig {
             cors_origins: Vec::new(),
             shutdown_grace_secs: 30,
             trace_sample_rate: 1.0,
+            expansions: 0,
         }
     }
 }

@@ -160,6 +160,7 @@ async fn serve(
             max_body_bytes: 1 << 20,
             k: 4,
             max_tokens: 8,
+            expansions: 0,
         },
         token: None,
         metrics: None,

@@ -71,6 +71,8 @@ pub struct Limits {
     pub k: usize,
     /// Tokens of an answer by default.
     pub max_tokens: usize,
+    /// Rewrites of a query searched besides it, by default.
+    pub expansions: usize,
 }
 
 struct App {
@@ -466,6 +468,8 @@ struct ChatRequest {
     k: Option<usize>,
     /// Only this author's writing.
     author: Option<String>,
+    /// Rewrites of the query searched besides it (query expansion), 0 to 5.
+    expansions: Option<usize>,
     #[serde(flatten)]
     sampling: Sampling,
 }
@@ -528,6 +532,7 @@ struct Retrieved {
     messages: Vec<Message>,
     sources: Vec<Source>,
     millis: f64,
+    rewrites: Vec<String>,
 }
 
 /// The conversation with the retrieved context, when retrieval is on.
@@ -537,12 +542,14 @@ async fn with_context(
     query: &str,
     filters: &Filters,
     k: usize,
+    expansions: usize,
     max_tokens: usize,
 ) -> Result<Retrieved, ApiError> {
+    let rewrites = rag::rewrites(&app.state.engine, query, expansions).await?;
     let retrieval = app
         .state
         .retriever
-        .search(query, &[], filters, k, true)
+        .search(query, &rewrites, filters, k, true)
         .await?;
     let packed = rag::pack(
         &app.state.engine,
@@ -555,6 +562,7 @@ async fn with_context(
         messages: packed.messages,
         sources: packed.sources,
         millis: retrieval.millis,
+        rewrites,
     })
 }
 
@@ -635,6 +643,7 @@ async fn chat_completions(State(app): State<Shared>, body: Body) -> Result<Respo
             query,
             &filters,
             k,
+            request.expansions.unwrap_or(app.state.limits.expansions),
             params.max_tokens.unwrap_or(app.state.limits.max_tokens),
         )
         .await?
@@ -643,12 +652,14 @@ async fn chat_completions(State(app): State<Shared>, body: Body) -> Result<Respo
             messages,
             sources: Vec::new(),
             millis: 0.0,
+            rewrites: Vec::new(),
         }
     };
     let Retrieved {
         messages,
         sources,
         millis: retrieval_ms,
+        rewrites,
     } = found;
     let generation = app.state.engine.submit(GenerationRequest {
         prompt: Prompt::Chat(messages),
@@ -662,6 +673,7 @@ async fn chat_completions(State(app): State<Shared>, body: Body) -> Result<Respo
         move |done: &Completion, total_ms: f64| {
             json!({
                 "query": query,
+                "rewrites": rewrites,
                 "filters": filters,
                 "retrieved": sources,
                 "prompt_tokens": done.prompt_tokens,
@@ -1011,6 +1023,8 @@ struct RagRequest {
     kind: Option<String>,
     published_after: Option<i64>,
     published_before: Option<i64>,
+    /// Rewrites of the query searched besides it (query expansion), 0 to 5.
+    expansions: Option<usize>,
     #[serde(flatten)]
     sampling: Sampling,
 }
@@ -1033,6 +1047,7 @@ async fn rag_answer(State(app): State<Shared>, body: Body) -> Result<Response, A
         &request.query,
         &filters,
         k,
+        request.expansions.unwrap_or(app.state.limits.expansions),
         params.max_tokens.unwrap_or(app.state.limits.max_tokens),
     )
     .await?;
@@ -1049,6 +1064,7 @@ async fn rag_answer(State(app): State<Shared>, body: Body) -> Result<Response, A
     trace(&app, &request_id("rag"), "/rag", || {
         json!({
             "query": request.query,
+            "rewrites": found.rewrites,
             "filters": filters_json(&filters),
             "k": k,
             "retrieved": retrieved(&sources),
@@ -1061,6 +1077,7 @@ async fn rag_answer(State(app): State<Shared>, body: Body) -> Result<Response, A
     });
     Ok(json_response(&json!({
         "answer": done.text,
+        "rewrites": found.rewrites,
         "context": citations(&sources),
         "model": app.state.model,
         "finish_reason": finish_reason(&done),

@@ -5,12 +5,70 @@
 
 use twin_chat::Message;
 
-use crate::engine::{Engine, Prompt};
+use crate::engine::{Engine, GenerationRequest, Prompt};
 use crate::retrieval::Source;
+use crate::sampling::SamplingParams;
 use crate::ServingError;
 
 /// The system prompt: `{author}` and `{context}` are filled in.
 pub const SYSTEM_PROMPT: &str = include_str!("../prompts/rag-system.txt");
+
+/// The prompt that asks the model for rewrites of a query: `{n}` and `{query}` are filled in.
+pub const EXPANSION_PROMPT: &str = include_str!("../prompts/query-expansion.txt");
+
+/// Most rewrites a request may ask for.
+pub const MAX_EXPANSIONS: usize = 5;
+
+/// Up to `n` rewrites of `query` by the model (query expansion), greedy so that they repeat:
+/// one per line of its answer, list marks stripped, blank lines and copies of the query left
+/// out. A model that writes fewer gives fewer.
+pub async fn rewrites(engine: &Engine, query: &str, n: usize) -> Result<Vec<String>, ServingError> {
+    if n == 0 {
+        return Ok(Vec::new());
+    }
+    if n > MAX_EXPANSIONS {
+        return Err(ServingError::InvalidParameter {
+            name: "expansions".into(),
+            reason: format!("at most {MAX_EXPANSIONS} rewrites, not {n}"),
+        });
+    }
+    let prompt = EXPANSION_PROMPT
+        .replace("{n}", &n.to_string())
+        .replacen("{query}", query, 1);
+    let done = engine
+        .generate(GenerationRequest {
+            prompt: Prompt::Chat(vec![Message::new("user", prompt)]),
+            params: SamplingParams {
+                max_tokens: Some(48 * n),
+                temperature: 0.0,
+                ..SamplingParams::default()
+            },
+        })
+        .await?;
+    Ok(parse_rewrites(&done.text, query, n))
+}
+
+/// The rewrites in a model's answer.
+fn parse_rewrites(text: &str, query: &str, n: usize) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for line in text.lines() {
+        let line = line
+            .trim()
+            .trim_start_matches(|c: char| c.is_ascii_digit() || matches!(c, '.' | ')' | '-' | '*'))
+            .trim();
+        if line.chars().filter(|c| c.is_alphanumeric()).count() < 3
+            || line.eq_ignore_ascii_case(query.trim())
+            || out.iter().any(|o| o.eq_ignore_ascii_case(line))
+        {
+            continue;
+        }
+        out.push(line.to_string());
+        if out.len() == n {
+            break;
+        }
+    }
+    out
+}
 
 /// A conversation with its context, ready to generate from.
 #[derive(Debug, Clone)]
@@ -105,6 +163,16 @@ fn fill(template: &str, author: &str, context: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rewrites_are_read_one_per_line() {
+        let text = "1. How do crawlers back off?\n\n2) how should a crawler retry?\n- What is backoff?\n- What is backoff?\nok";
+        assert_eq!(
+            parse_rewrites(text, "How should a crawler retry?", 5),
+            ["How do crawlers back off?", "What is backoff?"]
+        );
+        assert_eq!(parse_rewrites(text, "x", 1), ["How do crawlers back off?"]);
+    }
 
     #[test]
     fn the_prompt_is_filled_once() {
