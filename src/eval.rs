@@ -10,7 +10,6 @@ use indicatif::{ProgressBar, ProgressStyle};
 use twin_config::{GeneratorConfig, TwinConfig};
 use twin_evaluation::job::Progress;
 use twin_evaluation::{report, EvalRequest, Evaluator, Judge};
-use twin_serving::EngineOptions;
 
 use crate::EvalArgs;
 
@@ -117,19 +116,13 @@ pub async fn eval(config: &TwinConfig, args: EvalArgs) -> Result<ExitCode> {
     }
     let warehouse = twin_warehouse::open(&config.warehouse, &config.data_dir).await?;
     let embedder = Arc::new(twin_embedding::open(&config.embedding, &config.data_dir).await?);
-    let generation = &config.generation;
     let evaluator = Evaluator {
         layout,
         warehouse,
         embedder,
         judge,
         settings,
-        engine: EngineOptions {
-            max_batch_size: generation.max_batch_size,
-            max_batch_tokens: generation.max_batch_tokens,
-            use_cache: true,
-            intra_threads: generation.threads,
-        },
+        engine: crate::generate::engine_options(config),
         progress: Arc::new(Bars {
             bar: Mutex::new(None),
         }),

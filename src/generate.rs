@@ -95,6 +95,17 @@ pub fn print_export(model: &str, summary: &OnnxSummary) {
     );
 }
 
+/// The engine's options from `[generation]`.
+pub fn engine_options(config: &TwinConfig) -> EngineOptions {
+    let settings = &config.generation;
+    EngineOptions {
+        max_batch_size: settings.max_batch_size,
+        max_batch_tokens: settings.max_batch_tokens,
+        use_cache: true,
+        intra_threads: settings.threads,
+    }
+}
+
 /// `twin generate`.
 pub async fn generate(config: &TwinConfig, args: GenerateArgs) -> Result<ExitCode> {
     if args.format != "text" && args.format != "json" {
@@ -102,16 +113,7 @@ pub async fn generate(config: &TwinConfig, args: GenerateArgs) -> Result<ExitCod
     }
     let layout = config.layout();
     let dir = resolve(&layout, &args.model)?;
-    let settings = &config.generation;
-    let engine = Engine::load(
-        &dir,
-        EngineOptions {
-            max_batch_size: settings.max_batch_size,
-            max_batch_tokens: settings.max_batch_tokens,
-            use_cache: true,
-            intra_threads: settings.threads,
-        },
-    )?;
+    let engine = Engine::load(&dir, engine_options(config))?;
     let defaults = SamplingParams::default();
     let params = SamplingParams {
         max_tokens: args.max_tokens,

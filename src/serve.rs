@@ -7,36 +7,50 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use twin_config::{TwinConfig, VectorStoreBackend};
+use twin_serving::backend::{Backend, Remote};
 use twin_serving::http::{self, Limits, ServerState};
 use twin_serving::retrieval::{RetrievalSettings, Retriever};
 use twin_serving::trace::Tracer;
-use twin_serving::{Engine, EngineOptions};
+use twin_serving::Engine;
 
 use crate::ServeArgs;
 
 /// `twin serve`.
 pub async fn serve(config: &TwinConfig, args: ServeArgs) -> Result<ExitCode> {
     let settings = &config.serving;
-    let model = args.model.unwrap_or_else(|| settings.model.clone());
-    if model.is_empty() {
-        bail!(
-            "which model? twin serve --model NAME (a registry name, a checkpoint folder or an \
-             exported folder), or [serving] model"
-        );
-    }
     let address = args.address.unwrap_or_else(|| settings.address.clone());
-    let layout = config.layout();
-    let dir = crate::generate::resolve(&layout, &model)?;
-    let generation = &config.generation;
-    let engine = Engine::load(
-        &dir,
-        EngineOptions {
-            max_batch_size: generation.max_batch_size,
-            max_batch_tokens: generation.max_batch_tokens,
-            use_cache: true,
-            intra_threads: generation.threads,
-        },
-    )?;
+    let remote = &settings.remote;
+    let (backend, model) = if remote.base_url.is_empty() {
+        let model = args.model.unwrap_or_else(|| settings.model.clone());
+        if model.is_empty() {
+            bail!(
+                "which model? twin serve --model NAME (a registry name, a checkpoint folder or \
+                 an exported folder), [serving] model, or an external one in [serving.remote]"
+            );
+        }
+        let dir = crate::generate::resolve(&config.layout(), &model)?;
+        let engine = Engine::load(&dir, crate::generate::engine_options(config))?;
+        (Backend::Local(Arc::new(engine)), model)
+    } else {
+        if remote.model.is_empty() {
+            bail!("[serving.remote] base_url is set: set its model too (the model it serves)");
+        }
+        if args.model.is_some() {
+            bail!(
+                "--model serves a model on our engine, but [serving.remote] base_url sends \
+                 generation to {}: give one or the other",
+                remote.base_url
+            );
+        }
+        let backend = Backend::Remote(Remote::new(
+            &remote.base_url,
+            &remote.model,
+            remote.resolve_api_key(),
+            remote.context_tokens,
+            Duration::from_secs(remote.timeout_secs.max(1)),
+        )?);
+        (backend, remote.model.clone())
+    };
     let embedder = Arc::new(twin_embedding::open(&config.embedding, &config.data_dir).await?);
     let store = twin_vectorstore::open(&config.vectors, &config.data_dir, embedder.dimension())
         .await
@@ -74,7 +88,7 @@ pub async fn serve(config: &TwinConfig, args: ServeArgs) -> Result<ExitCode> {
         .file_name()
         .map_or_else(|| model.clone(), |n| n.to_string_lossy().into_owned());
     let state = ServerState {
-        engine: Arc::new(engine),
+        backend,
         model: name.clone(),
         retriever: Arc::new(retriever),
         author: config.author.full_name.clone(),
@@ -86,6 +100,7 @@ pub async fn serve(config: &TwinConfig, args: ServeArgs) -> Result<ExitCode> {
             k: settings.k,
             max_tokens: settings.max_tokens,
             expansions: settings.expansions,
+            retrieval: settings.retrieval,
         },
         token: (!settings.api_token.is_empty()).then(|| settings.api_token.clone()),
         metrics: Some(Arc::new(move || recorder.render())),

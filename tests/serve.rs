@@ -19,7 +19,9 @@ const TOKEN: &str = "serve-test-token-5521";
 
 fn twin_command(dir: &Path, args: &[&str]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_twin"));
-    cmd.current_dir(dir).args(args).env("RUST_LOG", "warn");
+    cmd.current_dir(dir)
+        .args(args)
+        .env("RUST_LOG", "warn,qdrant_edge=error");
     for (key, _) in std::env::vars() {
         if key.starts_with("TWIN_") {
             cmd.env_remove(key);
@@ -60,16 +62,27 @@ impl Drop for Server {
 }
 
 fn start(dir: &Path) -> Server {
-    let mut child = twin_command(
+    start_with(
         dir,
-        &["serve", "--model", "tiny", "--address", "127.0.0.1:0"],
+        &["--model", "tiny"],
+        &[
+            ("TWIN_SERVING__API_TOKEN", TOKEN),
+            ("TWIN_SERVING__MAX_BODY_BYTES", "65536"),
+        ],
     )
-    .env("TWIN_SERVING__API_TOKEN", TOKEN)
-    .env("TWIN_SERVING__MAX_BODY_BYTES", "65536")
-    .stdout(Stdio::piped())
-    .stderr(Stdio::inherit())
-    .spawn()
-    .unwrap();
+}
+
+fn start_with(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Server {
+    let mut command = twin_command(dir, &["serve", "--address", "127.0.0.1:0"]);
+    command.args(args);
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    let mut child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
     let mut line = String::new();
     BufReader::new(child.stdout.take().unwrap())
         .read_line(&mut line)
@@ -88,10 +101,8 @@ const PARAGRAPHS: [&str; 3] = [
     "Event sourcing keeps the log as the truth. Every table is a projection that a replay rebuilds, so a bug in a projection is fixed by replaying, not by patching rows.",
 ];
 
-#[tokio::test(flavor = "multi_thread")]
-async fn the_service_answers_with_context_and_refuses_bad_requests() {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
+/// Three documents as raw-document events on the log, streamed into the stores.
+async fn streamed(d: &Path) {
     let docs = [
         substack_article("backoff", &PARAGRAPHS[..1]),
         substack_article("bread", &PARAGRAPHS[1..2]),
@@ -107,6 +118,13 @@ async fn the_service_answers_with_context_and_refuses_bad_requests() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_service_answers_with_context_and_refuses_bad_requests() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    streamed(d).await;
     model(d);
     let server = start(d);
     let base = server.base.clone();
@@ -490,4 +508,116 @@ print(json.dumps({
     assert_eq!(result["models"][0], "tiny");
     assert_eq!(result["error"]["status"], 404, "{result}");
     assert_eq!(result["error"]["code"], "model_not_found");
+}
+
+/// Generation on an external OpenAI-compatible endpoint (here another `twin serve`, on its
+/// own data, retrieval off), retrieval on this one: `/rag` answers with this server's context
+/// and the other's words, streaming goes through, and the other server saw the requests.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_external_model_generates_while_retrieval_stays_here() {
+    let upstream_dir = tempfile::tempdir().unwrap();
+    model(upstream_dir.path());
+    let upstream_token = "upstream-token-0042";
+    let upstream = start_with(
+        upstream_dir.path(),
+        &["--model", "tiny"],
+        &[
+            ("TWIN_SERVING__API_TOKEN", upstream_token),
+            ("TWIN_SERVING__RETRIEVAL", "false"),
+        ],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    streamed(d).await;
+    let remote_url = format!("{}/v1", upstream.base);
+    let server = start_with(
+        d,
+        &[],
+        &[
+            ("TWIN_SERVING__REMOTE__BASE_URL", remote_url.as_str()),
+            ("TWIN_SERVING__REMOTE__MODEL", "tiny"),
+            ("TWIN_SERVING__REMOTE__API_KEY_ENV", "REMOTE_MODEL_KEY"),
+            ("REMOTE_MODEL_KEY", upstream_token),
+        ],
+    );
+    let client = reqwest::Client::new();
+    let rag = client
+        .post(format!("{}/rag", server.base))
+        .header("content-type", "application/json")
+        .body(
+            json!({"query": "How do you fix a bug in a projection?", "max_tokens": 6, "temperature": 0})
+                .to_string(),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(rag.status(), 200);
+    let rag: Value = serde_json::from_str(&rag.text().await.unwrap()).unwrap();
+    assert_eq!(rag["model"], "tiny");
+    assert_eq!(
+        rag["context"][0]["url"], "https://paul.substack.com/p/events",
+        "{rag}"
+    );
+    assert!(
+        rag["usage"]["completion_tokens"].as_u64().unwrap() >= 1,
+        "{rag}"
+    );
+    let streamed = client
+        .post(format!("{}/v1/chat/completions", server.base))
+        .header("content-type", "application/json")
+        .body(
+            json!({"messages": [{"role": "user", "content": "What is a dead letter?"}], "max_tokens": 4, "stream": true})
+                .to_string(),
+        )
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(streamed.trim_end().ends_with("data: [DONE]"), "{streamed}");
+    // The upstream answered them.
+    let metrics = client
+        .get(format!("{}/metrics", upstream.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let answered = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("twin_serve_requests_total")
+                && l.contains("/v1/chat/completions")
+                && l.contains("status=\"200\"")
+        })
+        .unwrap_or_else(|| panic!("{metrics}"));
+    assert!(answered.ends_with(" 2"), "{answered}");
+    drop(server);
+
+    // A wrong key upstream: 502, with the upstream's reason, and no key in it.
+    let wrong = start_with(
+        d,
+        &[],
+        &[
+            ("TWIN_SERVING__REMOTE__BASE_URL", remote_url.as_str()),
+            ("TWIN_SERVING__REMOTE__MODEL", "tiny"),
+            ("TWIN_SERVING__REMOTE__API_KEY", "not-the-upstream-key"),
+        ],
+    );
+    let failed = client
+        .post(format!("{}/rag", wrong.base))
+        .header("content-type", "application/json")
+        .body(json!({"query": "What is a dead letter?"}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(failed.status(), 502);
+    let body = failed.text().await.unwrap();
+    assert!(
+        body.contains("401") && body.contains("upstream_error"),
+        "{body}"
+    );
+    assert!(!body.contains("not-the-upstream-key"), "{body}");
 }

@@ -815,13 +815,16 @@ impl fmt::Debug for GeneratorConfig {
 impl GeneratorConfig {
     /// The API key: the configured one, else the environment variable's (empty when neither).
     pub fn resolve_api_key(&self) -> Option<String> {
-        if !self.api_key.is_empty() {
-            return Some(self.api_key.clone());
-        }
-        std::env::var(&self.api_key_env)
-            .ok()
-            .filter(|k| !k.is_empty())
+        api_key(&self.api_key, &self.api_key_env)
     }
+}
+
+/// A key configured, else the one in the environment variable `env` (none when neither).
+fn api_key(configured: &str, env: &str) -> Option<String> {
+    if !configured.is_empty() {
+        return Some(configured.to_string());
+    }
+    std::env::var(env).ok().filter(|k| !k.is_empty())
 }
 
 /// Fine-tuning (`[training]`): what `twin train` does when an option is not given.
@@ -969,6 +972,61 @@ pub struct ServingConfig {
     /// Rewrites of each query the model writes and retrieval searches besides it, fused by
     /// reciprocal rank (query expansion; 0 to 5, each costs a generation).
     pub expansions: usize,
+    /// Whether chat completions retrieve context when a request does not say.
+    pub retrieval: bool,
+    /// An external OpenAI-compatible endpoint that generates instead of our engine.
+    pub remote: RemoteModelConfig,
+}
+
+/// An external OpenAI-compatible model (`[serving.remote]`): set `base_url` to generate there
+/// instead of on our engine (retrieval stays ours).
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RemoteModelConfig {
+    /// The API's base url, up to and including `/v1`; empty: our engine generates.
+    pub base_url: String,
+    /// The model it serves.
+    pub model: String,
+    /// The environment variable that holds the API key.
+    pub api_key_env: String,
+    /// The API key itself, when not in the environment (a secret: never logged or shown).
+    pub api_key: String,
+    /// The model's context length, tokens (prompts are estimated at four characters a token).
+    pub context_tokens: usize,
+    /// Longest wait for an answer, seconds.
+    pub timeout_secs: u64,
+}
+
+impl Default for RemoteModelConfig {
+    fn default() -> Self {
+        Self {
+            base_url: String::new(),
+            model: String::new(),
+            api_key_env: "OPENAI_API_KEY".into(),
+            api_key: String::new(),
+            context_tokens: 8192,
+            timeout_secs: 120,
+        }
+    }
+}
+
+// Hand-written so that a `{:?}` never prints the key.
+impl fmt::Debug for RemoteModelConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RemoteModelConfig")
+            .field("base_url", &self.base_url)
+            .field("model", &self.model)
+            .field("api_key_env", &self.api_key_env)
+            .field("api_key", &secrets::masked("api_key", &self.api_key))
+            .finish_non_exhaustive()
+    }
+}
+
+impl RemoteModelConfig {
+    /// The API key: the configured one, else the environment variable's.
+    pub fn resolve_api_key(&self) -> Option<String> {
+        api_key(&self.api_key, &self.api_key_env)
+    }
 }
 
 impl Default for ServingConfig {
@@ -990,6 +1048,8 @@ impl Default for ServingConfig {
             shutdown_grace_secs: 30,
             trace_sample_rate: 1.0,
             expansions: 0,
+            retrieval: true,
+            remote: RemoteModelConfig::default(),
         }
     }
 }
@@ -1003,6 +1063,7 @@ impl fmt::Debug for ServingConfig {
             .field("api_token", &secrets::masked("api_token", &self.api_token))
             .field("max_concurrent_requests", &self.max_concurrent_requests)
             .field("max_queued_requests", &self.max_queued_requests)
+            .field("remote", &self.remote)
             .finish_non_exhaustive()
     }
 }

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use tch::Device;
 use twin_config::{EmbeddingConfig, QdrantConfig, VectorStoreBackend, VectorStoreConfig};
 use twin_schemas::{Author, Chunk, ChunkId, DocumentKind, EmbeddedChunk};
+use twin_serving::backend::Backend;
 use twin_serving::http::{self, Limits, ServerState};
 use twin_serving::retrieval::{RetrievalSettings, Retriever};
 use twin_serving::{Engine, EngineOptions};
@@ -149,7 +150,7 @@ async fn serve(
     .unwrap();
     retriever.check_model().await.unwrap();
     let state = ServerState {
-        engine,
+        backend: Backend::Local(engine),
         model: "tiny".into(),
         retriever: Arc::new(retriever),
         author: "Paul Iusztin".into(),
@@ -161,6 +162,7 @@ async fn serve(
             k: 4,
             max_tokens: 8,
             expansions: 0,
+            retrieval: true,
         },
         token: None,
         metrics: None,

@@ -29,7 +29,8 @@ use sha2::{Digest, Sha256};
 use tokio::sync::Semaphore;
 use twin_chat::Message;
 
-use crate::engine::{Completion, Engine, Event, GenerationRequest, Prompt};
+use crate::backend::Backend;
+use crate::engine::{Completion, Event, GenerationRequest, Prompt};
 use crate::rag;
 use crate::retrieval::{parse_kind, Filters, Retriever, Source};
 use crate::sampling::SamplingParams;
@@ -38,8 +39,8 @@ use crate::ServingError;
 
 /// What the server needs.
 pub struct ServerState {
-    /// The generation engine.
-    pub engine: Arc<Engine>,
+    /// Where answers are generated: our engine, or an external endpoint.
+    pub backend: Backend,
     /// The model's name, as requests give it and responses name it.
     pub model: String,
     /// The retriever.
@@ -73,6 +74,8 @@ pub struct Limits {
     pub max_tokens: usize,
     /// Rewrites of a query searched besides it, by default.
     pub expansions: usize,
+    /// Whether chat completions retrieve context by default.
+    pub retrieval: bool,
 }
 
 struct App {
@@ -121,6 +124,10 @@ impl From<ServingError> for ApiError {
         match &e {
             ServingError::InvalidParameter { name, .. } => Self::invalid(name, e.to_string()),
             ServingError::EmptyPrompt => Self::invalid("prompt", e.to_string()),
+            ServingError::Upstream(_) => Self {
+                code: Some("upstream_error"),
+                ..Self::new(StatusCode::BAD_GATEWAY, "server_error", e.to_string())
+            },
             ServingError::ContextLength { .. } | ServingError::OverBudget { .. } => Self {
                 code: Some("context_length_exceeded"),
                 ..Self::invalid("max_tokens", e.to_string())
@@ -545,14 +552,14 @@ async fn with_context(
     expansions: usize,
     max_tokens: usize,
 ) -> Result<Retrieved, ApiError> {
-    let rewrites = rag::rewrites(&app.state.engine, query, expansions).await?;
+    let rewrites = rag::rewrites(&app.state.backend, query, expansions).await?;
     let retrieval = app
         .state
         .retriever
         .search(query, &rewrites, filters, k, true)
         .await?;
     let packed = rag::pack(
-        &app.state.engine,
+        &app.state.backend,
         &app.state.author,
         &messages,
         &retrieval.sources,
@@ -629,7 +636,7 @@ async fn chat_completions(State(app): State<Shared>, body: Body) -> Result<Respo
         .rev()
         .find(|m| m.role == "user")
         .map(|m| m.content.clone());
-    let found = if request.retrieval.unwrap_or(true) {
+    let found = if request.retrieval.unwrap_or(app.state.limits.retrieval) {
         let Some(query) = &query else {
             return Err(ApiError::invalid(
                 "messages",
@@ -661,10 +668,14 @@ async fn chat_completions(State(app): State<Shared>, body: Body) -> Result<Respo
         millis: retrieval_ms,
         rewrites,
     } = found;
-    let generation = app.state.engine.submit(GenerationRequest {
-        prompt: Prompt::Chat(messages),
-        params,
-    })?;
+    let generation = app
+        .state
+        .backend
+        .submit(GenerationRequest {
+            prompt: Prompt::Chat(messages),
+            params,
+        })
+        .await?;
     let id = request_id("chatcmpl");
     let context = request.return_context.then(|| citations(&sources));
     let trace_of = {
@@ -822,7 +833,7 @@ async fn completions(State(app): State<Shared>, body: Body) -> Result<Response, 
     let params = request.sampling.params(app.state.limits.max_tokens)?;
     let done = app
         .state
-        .engine
+        .backend
         .generate(GenerationRequest {
             prompt: Prompt::Text(request.prompt),
             params,
@@ -1054,7 +1065,7 @@ async fn rag_answer(State(app): State<Shared>, body: Body) -> Result<Response, A
     let sources = found.sources;
     let done = app
         .state
-        .engine
+        .backend
         .generate(GenerationRequest {
             prompt: Prompt::Chat(found.messages),
             params,

@@ -8,12 +8,15 @@
 //! - [`text`]: tokens to text as they come, never half a character, with stop sequences.
 //! - [`engine`]: one engine per model: a scheduler thread that batches the decode steps of all
 //!   running requests (continuous batching) and streams their tokens.
+//! - [`backend`]: where answers are generated: the engine, or an external OpenAI-compatible
+//!   endpoint, behind one interface.
 //! - [`retrieval`]: the query embedded, searched over every collection with filters and
 //!   self-query, fused across rewrites, re-ranked by maximal marginal relevance.
 //! - [`rag`]: the retrieved chunks packed into the chat template within the context.
 //! - [`http`]: the HTTP API of `twin serve` (OpenAI-compatible, `/rag`, `/v1/search`).
 //! - [`trace`]: request traces, sampled, written to the warehouse off the request path.
 
+pub mod backend;
 pub mod engine;
 pub mod http;
 pub mod model;
@@ -97,6 +100,9 @@ pub enum ServingError {
     /// The embedder failed.
     #[error(transparent)]
     Embedding(#[from] twin_embedding::EmbeddingError),
+    /// The external model endpoint failed or refused.
+    #[error("external model: {0}")]
+    Upstream(String),
 }
 
 impl From<ort::Error> for ServingError {

@@ -5,7 +5,8 @@
 
 use twin_chat::Message;
 
-use crate::engine::{Engine, GenerationRequest, Prompt};
+use crate::backend::Backend;
+use crate::engine::{GenerationRequest, Prompt};
 use crate::retrieval::Source;
 use crate::sampling::SamplingParams;
 use crate::ServingError;
@@ -22,7 +23,11 @@ pub const MAX_EXPANSIONS: usize = 5;
 /// Up to `n` rewrites of `query` by the model (query expansion), greedy so that they repeat:
 /// one per line of its answer, list marks stripped, blank lines and copies of the query left
 /// out. A model that writes fewer gives fewer.
-pub async fn rewrites(engine: &Engine, query: &str, n: usize) -> Result<Vec<String>, ServingError> {
+pub async fn rewrites(
+    backend: &Backend,
+    query: &str,
+    n: usize,
+) -> Result<Vec<String>, ServingError> {
     if n == 0 {
         return Ok(Vec::new());
     }
@@ -35,7 +40,7 @@ pub async fn rewrites(engine: &Engine, query: &str, n: usize) -> Result<Vec<Stri
     let prompt = EXPANSION_PROMPT
         .replace("{n}", &n.to_string())
         .replacen("{query}", query, 1);
-    let done = engine
+    let done = backend
         .generate(GenerationRequest {
             prompt: Prompt::Chat(vec![Message::new("user", prompt)]),
             params: SamplingParams {
@@ -85,13 +90,13 @@ pub struct Packed {
 /// are kept after ours), leaving room for `max_tokens`. A source that does not fit whole is
 /// left out, and so are those after it.
 pub fn pack(
-    engine: &Engine,
+    backend: &Backend,
     author: &str,
     conversation: &[Message],
     sources: &[Source],
     max_tokens: usize,
 ) -> Result<Packed, ServingError> {
-    let context = engine.info().context_length;
+    let context = backend.context_length();
     let build = |used: &[Source]| -> Vec<Message> {
         let listed: Vec<String> = used
             .iter()
@@ -104,13 +109,13 @@ pub fn pack(
         messages
     };
     let fits = |messages: &[Message]| -> Result<Option<usize>, ServingError> {
-        let tokens = engine.tokenize(&Prompt::Chat(messages.to_vec()))?.len();
+        let tokens = backend.count_tokens(&Prompt::Chat(messages.to_vec()))?;
         Ok((tokens + max_tokens <= context).then_some(tokens))
     };
     let mut used: Vec<Source> = Vec::new();
     let mut messages = build(&used);
     let Some(mut prompt_tokens) = fits(&messages)? else {
-        let tokens = engine.tokenize(&Prompt::Chat(messages))?.len();
+        let tokens = backend.count_tokens(&Prompt::Chat(messages))?;
         return Err(ServingError::ContextLength {
             prompt: tokens,
             max_tokens,
