@@ -11,7 +11,7 @@ pub mod template;
 use std::path::PathBuf;
 
 pub use checkpoint::{load_tokenizer, template_for};
-pub use template::{Builtin, ChatTemplate, Message};
+pub use template::{fill, Builtin, ChatTemplate, Message};
 
 /// What can go wrong reading or rendering a chat template or a tokenizer.
 #[derive(Debug, thiserror::Error)]

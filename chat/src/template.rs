@@ -207,3 +207,29 @@ fn describe(e: &minijinja::Error) -> String {
     }
     text
 }
+
+/// A prompt of our own (`{name}` placeholders, not Jinja: the judge's, retrieval's) with each
+/// `{key}` replaced by its value, in one pass: a value that holds `{answer}` stays as it is.
+pub fn fill(template: &str, values: &[(&str, &str)]) -> String {
+    let mut out = String::with_capacity(template.len());
+    let mut rest = template;
+    while let Some(open) = rest.find('{') {
+        out.push_str(&rest[..open]);
+        let after = &rest[open + 1..];
+        let found = values
+            .iter()
+            .find(|(key, _)| after.starts_with(key) && after[key.len()..].starts_with('}'));
+        match found {
+            Some((key, value)) => {
+                out.push_str(value);
+                rest = &after[key.len() + 1..];
+            }
+            None => {
+                out.push('{');
+                rest = after;
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}

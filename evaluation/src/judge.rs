@@ -10,6 +10,7 @@
 
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
+use twin_chat::fill;
 use twin_config::GeneratorConfig;
 use twin_datasets::{ChatClient, Failure};
 
@@ -138,32 +139,6 @@ fn verdict_schema() -> Value {
         "required": ["accuracy", "style"],
         "additionalProperties": false
     })
-}
-
-/// `template` with each `{key}` replaced by its value, in one pass (a value that holds
-/// `{answer}` stays as it is).
-pub fn fill(template: &str, values: &[(&str, &str)]) -> String {
-    let mut out = String::with_capacity(template.len());
-    let mut rest = template;
-    while let Some(open) = rest.find('{') {
-        out.push_str(&rest[..open]);
-        let after = &rest[open + 1..];
-        let found = values
-            .iter()
-            .find(|(key, _)| after.starts_with(key) && after[key.len()..].starts_with('}'));
-        match found {
-            Some((key, value)) => {
-                out.push_str(value);
-                rest = &after[key.len() + 1..];
-            }
-            None => {
-                out.push('{');
-                rest = after;
-            }
-        }
-    }
-    out.push_str(rest);
-    out
 }
 
 /// The first line, trimmed, at most 300 characters: a reason is one sentence.

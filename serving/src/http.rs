@@ -107,6 +107,14 @@ impl ApiError {
         }
     }
 
+    fn model_not_found(message: String) -> Self {
+        Self {
+            param: Some("model".into()),
+            code: Some("model_not_found"),
+            ..Self::new(StatusCode::NOT_FOUND, "invalid_request_error", message)
+        }
+    }
+
     fn invalid(param: &str, message: impl Into<String>) -> Self {
         Self {
             param: Some(param.to_string()),
@@ -383,18 +391,10 @@ async fn read_json<T: DeserializeOwned>(app: &App, body: Body) -> Result<T, ApiE
 
 fn check_model(app: &App, model: Option<&str>) -> Result<(), ApiError> {
     match model {
-        Some(m) if m != app.state.model => Err(ApiError {
-            param: Some("model".into()),
-            code: Some("model_not_found"),
-            ..ApiError::new(
-                StatusCode::NOT_FOUND,
-                "invalid_request_error",
-                format!(
-                    "the model `{m}` is not served here; this server serves `{}`",
-                    app.state.model
-                ),
-            )
-        }),
+        Some(m) if m != app.state.model => Err(ApiError::model_not_found(format!(
+            "the model `{m}` is not served here; this server serves `{}`",
+            app.state.model
+        ))),
         _ => Ok(()),
     }
 }
@@ -868,18 +868,10 @@ async fn embeddings(State(app): State<Shared>, body: Body) -> Result<Response, A
     let embedder = app.state.retriever.embedder().clone();
     if let Some(model) = &request.model {
         if model != embedder.model_id() && model != &app.state.model {
-            return Err(ApiError {
-                param: Some("model".into()),
-                code: Some("model_not_found"),
-                ..ApiError::new(
-                    StatusCode::NOT_FOUND,
-                    "invalid_request_error",
-                    format!(
-                        "the model `{model}` is not served here; embeddings come from `{}`",
-                        embedder.model_id()
-                    ),
-                )
-            });
+            return Err(ApiError::model_not_found(format!(
+                "the model `{model}` is not served here; embeddings come from `{}`",
+                embedder.model_id()
+            )));
         }
     }
     // The openai client asks for base64 by default: little-endian f32s, base64-encoded.

@@ -3,7 +3,7 @@
 //! as many as fit the model's context beside the conversation and the tokens asked for.
 //! The prompt is `serving/prompts/rag-system.txt`.
 
-use twin_chat::Message;
+use twin_chat::{fill, Message};
 
 use crate::backend::Backend;
 use crate::engine::{GenerationRequest, Prompt};
@@ -37,9 +37,7 @@ pub async fn rewrites(
             reason: format!("at most {MAX_EXPANSIONS} rewrites, not {n}"),
         });
     }
-    let prompt = EXPANSION_PROMPT
-        .replace("{n}", &n.to_string())
-        .replacen("{query}", query, 1);
+    let prompt = fill(EXPANSION_PROMPT, &[("n", &n.to_string()), ("query", query)]);
     let done = backend
         .generate(GenerationRequest {
             prompt: Prompt::Chat(vec![Message::new("user", prompt)]),
@@ -103,7 +101,10 @@ pub fn pack(
             .enumerate()
             .map(|(i, s)| format!("[{}] {} ({})\n{}", i + 1, s.title, s.url, s.text.trim()))
             .collect();
-        let system = fill(SYSTEM_PROMPT, author, &listed.join("\n\n"));
+        let system = fill(
+            SYSTEM_PROMPT,
+            &[("author", author), ("context", &listed.join("\n\n"))],
+        );
         let mut messages = vec![Message::new("system", system.trim_end().to_string())];
         messages.extend(conversation.iter().cloned());
         messages
@@ -143,28 +144,6 @@ pub fn pack(
     })
 }
 
-/// The prompt with `{author}` and `{context}` filled in, in one pass.
-fn fill(template: &str, author: &str, context: &str) -> String {
-    let mut out = String::new();
-    let mut rest = template;
-    while let Some(at) = rest.find('{') {
-        out.push_str(&rest[..at]);
-        let after = &rest[at..];
-        if let Some(tail) = after.strip_prefix("{author}") {
-            out.push_str(author);
-            rest = tail;
-        } else if let Some(tail) = after.strip_prefix("{context}") {
-            out.push_str(context);
-            rest = tail;
-        } else {
-            out.push('{');
-            rest = &after[1..];
-        }
-    }
-    out.push_str(rest);
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -181,7 +160,10 @@ mod tests {
 
     #[test]
     fn the_prompt_is_filled_once() {
-        let filled = fill(SYSTEM_PROMPT, "Ada {context}", "[1] a text");
+        let filled = fill(
+            SYSTEM_PROMPT,
+            &[("author", "Ada {context}"), ("context", "[1] a text")],
+        );
         assert!(filled.contains("twin of Ada {context}"), "{filled}");
         assert!(filled.trim_end().ends_with("[1] a text"));
     }
