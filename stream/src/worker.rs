@@ -529,18 +529,19 @@ impl Pipeline {
         // Count the batch's documents first, so each is cleaned with everything seen; documents
         // seen before whose template changed are cleaned again.
         let mut templates = self.templates.lock().await;
-        let mut in_batch = BTreeSet::new();
+        // Each document of the batch, with the position of its last event in it.
+        let mut in_batch = BTreeMap::new();
         // Each document cleaned again, with the event that changed its template: the new
         // versions carry that event's position, so snapshots pinned before it keep the old ones.
         let mut affected = BTreeMap::new();
         for delivery in &events {
             let changed = match &delivery.event {
                 Ok(Event::Raw(raw)) => {
-                    in_batch.insert(raw.id.clone());
+                    in_batch.insert(raw.id.clone(), delivery.position);
                     templates.observe(&raw.id, Some(raw))
                 }
                 Ok(Event::Deleted(tombstone)) => {
-                    in_batch.insert(tombstone.document_id.clone());
+                    in_batch.insert(tombstone.document_id.clone(), delivery.position);
                     templates.observe(&tombstone.document_id, None)
                 }
                 _ => Default::default(),
@@ -555,10 +556,7 @@ impl Pipeline {
                 affected.entry(id).or_insert(first.position);
             }
         }
-        let again: BTreeMap<String, Position> = affected
-            .into_iter()
-            .filter(|(id, _)| !in_batch.contains(id))
-            .collect();
+        let again = affected;
 
         let mut actions = Vec::new();
         for delivery in events {
@@ -602,6 +600,15 @@ impl Pipeline {
                 DocumentFilter::documents(again.keys()),
             );
             while let Some(doc) = stored.try_next().await? {
+                // A document of the batch is cleaned from its event, with these templates,
+                // unless the warehouse already holds that very event (delivered again after a
+                // crash): its writes are then skipped as applied, so it is cleaned again here.
+                if in_batch
+                    .get(&doc.value.id)
+                    .is_some_and(|last| *last != doc.position)
+                {
+                    continue;
+                }
                 let cause = again.get(&doc.value.id).copied().unwrap_or(doc.position);
                 match self.project(&templates, doc.value, cause, None, now) {
                     Ok(p) => actions.push(Action::Project(Box::new(p))),

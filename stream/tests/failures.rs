@@ -414,3 +414,120 @@ async fn a_document_the_chunk_stage_refuses_is_dead_lettered_with_its_original_b
         "the rest goes on"
     );
 }
+
+/// A post of `a.substack.com` between its share bars and footer, the chrome its template is.
+fn templated_post(n: usize) -> RawDocument {
+    let own = format!("The author's own paragraph number {n}, which no other post has.");
+    let title = format!("Post {n}");
+    let mut doc = article(&format!("templated-{n}"), &[]);
+    doc.url = format!("https://a.substack.com/p/{n}");
+    doc.content = [
+        "Share this post",
+        &title,
+        "Copy link",
+        &own,
+        "Share this post",
+        &title,
+        "Copy link",
+        "Ready for more?",
+    ]
+    .iter()
+    .map(|t| twin_schemas::ContentBlock::paragraph(*t))
+    .collect();
+    doc.content_hash = twin_schemas::content_hash(&doc.content);
+    doc
+}
+
+/// A run killed after it wrote the post that made its source's template, before it cleaned the
+/// source's earlier posts again, and before it committed: the restart gets the earlier posts
+/// again too (their writes are already applied, so skipped), and must still clean them again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_cleans_again_what_a_killed_run_left_stale_even_when_it_is_delivered_again() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = config(dir.path());
+    config.stream.templates.min_documents = 3;
+    let pipeline = Pipeline::open(&config).await.expect("pipeline");
+    let topic = &config.topics.raw_documents;
+    let posts: Vec<RawDocument> = (0..3).map(templated_post).collect();
+    publish(
+        pipeline.log.as_ref(),
+        topic,
+        &[Event::Raw(posts[0].clone()), Event::Raw(posts[1].clone())],
+    )
+    .await
+    .expect("publish");
+    pipeline
+        .run(&once(), std::future::pending())
+        .await
+        .expect("run");
+    let cleaned = |doc: &RawDocument| {
+        let pipeline = &pipeline;
+        let id = doc.id.clone();
+        async move {
+            pipeline
+                .warehouse
+                .cleaned(&id)
+                .await
+                .expect("cleaned")
+                .expect("a cleaned document")
+                .content
+                .iter()
+                .map(|b| b.text.as_str())
+                .collect::<Vec<_>>()
+                .join("\n")
+        }
+    };
+    assert!(
+        cleaned(&posts[0]).await.contains("Ready for more?"),
+        "two posts are no template yet"
+    );
+
+    // What the killed run left: the third post's raw document, and the group back where the
+    // first run started (its commits lost).
+    let third = publish(
+        pipeline.log.as_ref(),
+        topic,
+        &[Event::Raw(posts[2].clone())],
+    )
+    .await
+    .expect("publish")[0];
+    pipeline
+        .warehouse
+        .put_raw(&posts[2], third)
+        .await
+        .expect("raw");
+    let mut group = pipeline
+        .log
+        .consumer(
+            topic,
+            twin_stream::worker::DEFAULT_GROUP,
+            twin_eventlog::StartFrom::Committed,
+        )
+        .await
+        .expect("consumer");
+    group.rewind().await.expect("rewind");
+    drop(group);
+
+    let stats = pipeline
+        .run(&once(), std::future::pending())
+        .await
+        .expect("restart");
+    assert_eq!(stats.documents, 3, "all three delivered again: {stats:?}");
+    for post in &posts {
+        let text = cleaned(post).await;
+        assert!(
+            !text.contains("Ready for more?") && !text.contains("Share this post"),
+            "{}: the template is gone: {text}",
+            post.id
+        );
+        assert!(text.contains("own paragraph"), "{text}");
+        let chunks = pipeline.warehouse.chunks(&post.id).await.expect("chunks");
+        assert!(
+            chunks
+                .iter()
+                .all(|c| !c.value.text.contains("Ready for more?")),
+            "{}: chunks of the cleaning without the template",
+            post.id
+        );
+    }
+}
