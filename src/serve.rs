@@ -80,6 +80,19 @@ pub async fn serve(config: &TwinConfig, args: ServeArgs) -> Result<ExitCode> {
         },
     )
     .await?;
+    let retriever = if settings.reranker.model.is_empty() {
+        retriever
+    } else {
+        let reranker = twin_embedding::open_cross_encoder(
+            &settings.reranker,
+            &config.embedding,
+            &config.data_dir,
+        )
+        .await
+        .with_context(|| format!("loading the re-ranker {}", settings.reranker.model))?;
+        tracing::info!(model = %settings.reranker.model, "re-ranking with a cross-encoder");
+        retriever.with_reranker(Arc::new(reranker))
+    };
     retriever.check_model().await?;
     let recorder = metrics_exporter_prometheus::PrometheusBuilder::new()
         .install_recorder()

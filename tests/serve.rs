@@ -342,6 +342,18 @@ async fn the_service_answers_with_context_and_refuses_bad_requests() {
     .await;
     assert_eq!(unknown["error"]["code"], "model_not_found");
     expect(422, get("/v1/search?q=x&author=nobody").await.unwrap()).await;
+    let no_reranker = expect(
+        422,
+        get("/v1/search?q=x&rerank=cross-encoder").await.unwrap(),
+    )
+    .await;
+    assert!(
+        no_reranker["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("[serving.reranker]"),
+        "{no_reranker}"
+    );
     expect(
         422,
         post(
@@ -620,4 +632,343 @@ async fn an_external_model_generates_while_retrieval_stays_here() {
         "{body}"
     );
     assert!(!body.contains("not-the-upstream-key"), "{body}");
+}
+
+/// A cross-encoder (a `BertForSequenceClassification` checkpoint made by transformers, see
+/// `embedding/reference/make_cross_encoder.py`) configured as the re-ranker: `/v1/search` ranks
+/// by its scores and shows them; the other re-rankings can still be asked for.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_configured_cross_encoder_reranks_the_candidates() {
+    let test = "the cross-encoder re-ranker";
+    let Some(python) = twin_testkit::python::torch_python_with_or_skip(test, &["transformers"])
+    else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    streamed(d).await;
+    model(d);
+    let checkpoint = d.join("cross-encoder");
+    let encoder =
+        twin_testkit::process::tool_cache().join("models/sentence-transformers/all-MiniLM-L6-v2");
+    let script =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("embedding/reference/make_cross_encoder.py");
+    let made = Command::new(python)
+        .arg(script)
+        .arg(encoder)
+        .arg(&checkpoint)
+        .output()
+        .unwrap();
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let server = start_with(
+        d,
+        &["--model", "tiny"],
+        &[
+            ("TWIN_SERVING__RERANKER__MODEL", "test/cross-encoder"),
+            (
+                "TWIN_SERVING__RERANKER__MODEL_DIR",
+                checkpoint.to_str().unwrap(),
+            ),
+        ],
+    );
+    let search = |query: &str| {
+        let url = format!("{}/v1/search?k=3&{query}", server.base);
+        async move {
+            let response = reqwest::get(url).await.unwrap();
+            let status = response.status();
+            let body: Value = serde_json::from_str(&response.text().await.unwrap()).unwrap();
+            (status, body)
+        }
+    };
+    let (status, reranked) = search("q=how%20should%20a%20client%20retry").await;
+    assert_eq!(status, 200, "{reranked}");
+    let hits = reranked["results"].as_array().unwrap();
+    assert_eq!(hits.len(), 3, "{reranked}");
+    let scores: Vec<f64> = hits
+        .iter()
+        .map(|h| h["rerank_score"].as_f64().unwrap_or_else(|| panic!("{h}")))
+        .collect();
+    assert!(
+        scores.windows(2).all(|w| w[0] >= w[1]),
+        "best re-ranker score first: {scores:?}"
+    );
+    // By the search's own score when asked: no re-ranker score then.
+    let (status, plain) = search("q=how%20should%20a%20client%20retry&rerank=none").await;
+    assert_eq!(status, 200, "{plain}");
+    let plain = plain["results"].as_array().unwrap();
+    assert!(
+        plain.iter().all(|h| h.get("rerank_score").is_none()),
+        "{plain:?}"
+    );
+    let by_score: Vec<f64> = plain.iter().map(|h| h["score"].as_f64().unwrap()).collect();
+    assert!(by_score.windows(2).all(|w| w[0] >= w[1]), "{by_score:?}");
+    let (status, bad) = search("q=retry&rerank=best").await;
+    assert_eq!(status, 422, "{bad}");
+    assert_eq!(bad["error"]["param"], "rerank", "{bad}");
+}
+
+/// Answers of `max_tokens` tokens, streamed; long enough to be in flight when the signal comes.
+fn long_answer() -> String {
+    json!({
+        "messages": [{"role": "user", "content": "Tell me everything you know."}],
+        "max_tokens": 3000,
+        "ignore_eos": true,
+        "temperature": 0,
+        "stream": true,
+    })
+    .to_string()
+}
+
+fn sigterm(child: &Child) {
+    let sent = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+}
+
+/// SIGTERM while answers stream: the server takes no new connection, finishes the answers in
+/// flight, and exits 0. With no grace (`shutdown_grace_secs = 0`) it exits at once instead, and
+/// the answers in flight are cut.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_shutdown_finishes_the_answers_in_flight_within_its_grace() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    model(d);
+    let client = reqwest::Client::new();
+    for grace in ["30", "0"] {
+        let mut server = start_with(
+            d,
+            &["--model", "tiny"],
+            &[
+                ("TWIN_SERVING__RETRIEVAL", "false"),
+                ("TWIN_SERVING__SHUTDOWN_GRACE_SECS", grace),
+            ],
+        );
+        let mut streams = Vec::new();
+        for _ in 0..3 {
+            let response = client
+                .post(format!("{}/v1/chat/completions", server.base))
+                .header("content-type", "application/json")
+                .body(long_answer())
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 200);
+            let mut stream = response;
+            // The answer is under way.
+            let first = stream.chunk().await.unwrap().unwrap();
+            streams.push((first.to_vec(), stream));
+        }
+        sigterm(&server.child);
+        let started = std::time::Instant::now();
+        if grace == "0" {
+            let status = loop {
+                if let Some(status) = server.child.try_wait().unwrap() {
+                    break status;
+                }
+                assert!(
+                    started.elapsed() < std::time::Duration::from_secs(10),
+                    "no grace: the server stops at once"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            };
+            assert!(status.success(), "{status}");
+            for (mut body, mut stream) in streams {
+                while let Ok(Some(bytes)) = stream.chunk().await {
+                    body.extend_from_slice(&bytes);
+                }
+                let body = String::from_utf8_lossy(&body);
+                assert!(!body.contains("[DONE]"), "cut: {}", body.len());
+            }
+            continue;
+        }
+        // No new connection once the signal has landed, while the answers still stream.
+        let refused = loop {
+            let probe = client.get(format!("{}/healthz", server.base)).send().await;
+            if probe.is_err() {
+                break true;
+            }
+            if started.elapsed() > std::time::Duration::from_secs(5) {
+                break false;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        };
+        assert!(refused, "a new connection was still taken after the signal");
+        assert!(
+            server.child.try_wait().unwrap().is_none(),
+            "still running for the answers in flight"
+        );
+        for (mut body, mut stream) in streams {
+            while let Some(chunk) = stream.chunk().await.unwrap() {
+                body.extend_from_slice(&chunk);
+            }
+            let body = String::from_utf8_lossy(&body);
+            assert!(body.trim_end().ends_with("data: [DONE]"), "finished");
+            assert!(
+                body.contains("\"finish_reason\":\"length\""),
+                "all 3000 tokens"
+            );
+        }
+        let status = server.child.wait().unwrap();
+        assert!(status.success(), "{status}");
+    }
+}
+
+/// The distributed backends: events on Kafka (Tansu) while `twin stream` runs, and two `twin
+/// serve` replicas side by side on the same Qdrant server. Both find what the running stream
+/// projects, near real time, and answer with it.
+#[tokio::test(flavor = "multi_thread")]
+async fn two_replicas_serve_what_a_running_stream_projects_on_kafka_and_qdrant() {
+    let test = "serving beside a running stream on Kafka and Qdrant";
+    let Some(qdrant) = twin_testkit::qdrant::qdrant_or_skip(test) else {
+        return;
+    };
+    let broker = twin_testkit::tansu::tansu().unwrap_or_else(|e| panic!("{e}"));
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    model(d);
+    let name = format!("serve{}", std::process::id());
+    let topic = |t: &str| format!("{name}-{t}");
+    let mut env: Vec<(String, String)> = vec![
+        ("TWIN_LOG__BACKEND".into(), "kafka".into()),
+        ("TWIN_LOG__KAFKA__BROKERS".into(), broker.brokers.clone()),
+        ("TWIN_VECTORS__BACKEND".into(), "qdrant".into()),
+        ("TWIN_VECTORS__QDRANT__URL".into(), qdrant.grpc_url.clone()),
+        ("TWIN_VECTORS__COLLECTION_PREFIX".into(), format!("{name}_")),
+        ("TWIN_METRICS__STREAM".into(), String::new()),
+    ];
+    for t in [
+        "raw_documents",
+        "cleaned_documents",
+        "chunks",
+        "embedded_chunks",
+        "dead_letters",
+    ] {
+        env.push((
+            format!("TWIN_TOPICS__{}", t.to_uppercase()),
+            topic(&t.replace('_', "-")),
+        ));
+    }
+    let env_refs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+
+    let mut stream = twin_command(d, &["stream"]);
+    for (key, value) in &env_refs {
+        stream.env(key, value);
+    }
+    struct Killed(Child);
+    impl Drop for Killed {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut stream = Killed(stream.stdout(Stdio::null()).spawn().unwrap());
+    let replicas = [
+        start_with(d, &["--model", "tiny"], &env_refs),
+        start_with(d, &["--model", "tiny"], &env_refs),
+    ];
+
+    // The documents arrive while everything runs.
+    let log = twin_eventlog::KafkaLog::new(
+        &twin_config::KafkaConfig {
+            brokers: broker.brokers.clone(),
+            ..Default::default()
+        },
+        3,
+    )
+    .unwrap();
+    let docs = [
+        substack_article("backoff", &PARAGRAPHS[..1]),
+        substack_article("bread", &PARAGRAPHS[1..2]),
+        substack_article("events", &PARAGRAPHS[2..]),
+    ];
+    let events: Vec<Event> = docs.iter().cloned().map(Event::Raw).collect();
+    let published = std::time::Instant::now();
+    publish(&log, &topic("raw-documents"), &events)
+        .await
+        .unwrap();
+
+    let client = reqwest::Client::new();
+    for replica in &replicas {
+        let url = format!(
+            "{}/v1/search?q=a%20long%20cold%20proof%20overnight&k=1",
+            replica.base
+        );
+        let found = loop {
+            let body: Value =
+                serde_json::from_str(&client.get(&url).send().await.unwrap().text().await.unwrap())
+                    .unwrap();
+            if body["results"][0]["url"] == "https://paul.substack.com/p/bread" {
+                break body;
+            }
+            assert!(
+                published.elapsed() < std::time::Duration::from_secs(120),
+                "not searchable after 2 minutes: {body}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        };
+        assert!(found["results"][0]["text"]
+            .as_str()
+            .unwrap()
+            .contains("long cold proof"));
+    }
+    eprintln!(
+        "searchable on both replicas {:.1} s after publishing",
+        published.elapsed().as_secs_f64()
+    );
+    // Every document is projected before the answer is checked against all three.
+    let all = format!("{}/v1/search?q=projection%20replay&k=3", replicas[0].base);
+    loop {
+        let body: Value =
+            serde_json::from_str(&client.get(&all).send().await.unwrap().text().await.unwrap())
+                .unwrap();
+        if body["results"].as_array().unwrap().len() == 3 {
+            break;
+        }
+        assert!(
+            published.elapsed() < std::time::Duration::from_secs(120),
+            "{body}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let rag = client
+        .post(format!("{}/rag", replicas[1].base))
+        .header("content-type", "application/json")
+        .body(
+            json!({"query": "How do you fix a bug in a projection?", "max_tokens": 6, "temperature": 0})
+                .to_string(),
+        )
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let rag: Value = serde_json::from_str(&rag).unwrap();
+    assert_eq!(
+        rag["context"][0]["url"], "https://paul.substack.com/p/events",
+        "{rag}"
+    );
+    let streamed = client
+        .post(format!("{}/v1/chat/completions", replicas[0].base))
+        .header("content-type", "application/json")
+        .body(
+            json!({"messages": [{"role": "user", "content": "Why back off?"}], "max_tokens": 4, "stream": true})
+                .to_string(),
+        )
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(streamed.trim_end().ends_with("data: [DONE]"), "{streamed}");
+    sigterm(&stream.0);
+    let status = stream.0.wait().unwrap();
+    assert!(status.success(), "the stream stops cleanly: {status}");
 }

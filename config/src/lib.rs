@@ -23,9 +23,10 @@ pub use model::{
     AuthorConfig, ChunkRule, ChunkingConfig, ClickHouseConfig, DatasetsConfig, DpoConfig,
     EmbeddedLogConfig, EmbeddingConfig, EvaluationConfig, GenerationConfig, GeneratorConfig,
     GithubConfig, HttpConfig, IngestConfig, KafkaConfig, LogBackend, LogConfig, LoraConfig,
-    LrSchedule, MetricsConfig, QdrantConfig, ServingConfig, SourceConfig, StreamConfig,
-    StructuredOutput, TemplateConfig, TopicNames, TrainingConfig, TrainingMethod, TwinConfig,
-    VectorStoreBackend, VectorStoreConfig, WarehouseBackend, WarehouseConfig,
+    LrSchedule, MetricsConfig, QdrantConfig, RemoteModelConfig, RerankerConfig, ServingConfig,
+    SourceConfig, StreamConfig, StructuredOutput, TemplateConfig, TopicNames, TrainingConfig,
+    TrainingMethod, TwinConfig, VectorStoreBackend, VectorStoreConfig, WarehouseBackend,
+    WarehouseConfig,
 };
 
 /// The file read when none is named.

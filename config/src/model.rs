@@ -976,6 +976,38 @@ pub struct ServingConfig {
     pub retrieval: bool,
     /// An external OpenAI-compatible endpoint that generates instead of our engine.
     pub remote: RemoteModelConfig,
+    /// A cross-encoder that re-ranks retrieval's candidates (instead of maximal marginal
+    /// relevance).
+    pub reranker: RerankerConfig,
+}
+
+/// The re-ranker (`[serving.reranker]`): a Hugging Face BERT cross-encoder checkpoint
+/// (`BertForSequenceClassification`), exported to ONNX on first use. Found and pulled as the
+/// embedding model is (under `DATA_DIR/models`, the tool cache, then `[embedding] hub_endpoint`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RerankerConfig {
+    /// Model id, e.g. `cross-encoder/ms-marco-MiniLM-L6-v2`; empty: no cross-encoder, maximal
+    /// marginal relevance re-ranks.
+    pub model: String,
+    /// A folder holding its `config.json`, `tokenizer.json` and `model.safetensors`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model_dir: Option<PathBuf>,
+    /// Longest (query, passage) pair in tokens.
+    pub max_tokens: usize,
+    /// Pairs scored in one batch.
+    pub max_batch_size: usize,
+}
+
+impl Default for RerankerConfig {
+    fn default() -> Self {
+        Self {
+            model: String::new(),
+            model_dir: None,
+            max_tokens: 512,
+            max_batch_size: 32,
+        }
+    }
 }
 
 /// An external OpenAI-compatible model (`[serving.remote]`): set `base_url` to generate there
@@ -1050,6 +1082,7 @@ impl Default for ServingConfig {
             expansions: 0,
             retrieval: true,
             remote: RemoteModelConfig::default(),
+            reranker: RerankerConfig::default(),
         }
     }
 }
@@ -1064,6 +1097,7 @@ impl fmt::Debug for ServingConfig {
             .field("max_concurrent_requests", &self.max_concurrent_requests)
             .field("max_queued_requests", &self.max_queued_requests)
             .field("remote", &self.remote)
+            .field("reranker", &self.reranker)
             .finish_non_exhaustive()
     }
 }

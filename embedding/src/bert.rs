@@ -5,6 +5,8 @@
 //! Inputs `input_ids`, `attention_mask`, `token_type_ids` (int64, `[batch, sequence]`); output
 //! `last_hidden_state` (float, `[batch, sequence, hidden]`), the same signature as Hugging Face's
 //! own exports, so pooling happens outside the graph exactly as sentence-transformers does it.
+//! A `BertForSequenceClassification` checkpoint (a cross-encoder) outputs `logits` (float,
+//! `[batch, labels]`) instead, through its pooler and classifier, as Optimum's export does.
 
 use std::fs;
 use std::path::Path;
@@ -39,6 +41,10 @@ pub struct BertConfig {
     /// Activation of the feed-forward layer; only exact `gelu` is exported.
     #[serde(default = "default_act")]
     pub hidden_act: String,
+    /// The model classes the checkpoint was saved as; `BertForSequenceClassification` (a
+    /// cross-encoder) exports its pooler and classifier too.
+    #[serde(default)]
+    pub architectures: Vec<String>,
 }
 
 fn default_eps() -> f32 {
@@ -86,6 +92,14 @@ impl BertConfig {
         }
         Ok(config)
     }
+
+    /// Whether the checkpoint is a sequence classifier (a cross-encoder): its graph ends in the
+    /// pooler and the classifier, and outputs `logits`.
+    pub fn is_classifier(&self) -> bool {
+        self.architectures
+            .iter()
+            .any(|a| a == "BertForSequenceClassification")
+    }
 }
 
 /// What an export wrote.
@@ -95,6 +109,8 @@ pub struct ExportSummary {
     pub layers: usize,
     /// Hidden width (the embedding dimension).
     pub hidden_size: usize,
+    /// Classes of a sequence classifier's `logits`; 0 for an encoder.
+    pub labels: usize,
     /// Parameters written.
     pub parameters: usize,
     /// Size of the ONNX file.
@@ -167,6 +183,11 @@ pub fn export(model_dir: &Path, out: &Path) -> Result<ExportSummary, EmbeddingEr
     let summary = ExportSummary {
         layers: config.num_hidden_layers,
         hidden_size: config.hidden_size,
+        labels: if config.is_classifier() {
+            first_dim(&w, "classifier.weight")?
+        } else {
+            0
+        },
         parameters: w.parameters,
         bytes: model.len(),
     };
@@ -309,15 +330,32 @@ fn build(c: &BertConfig, w: &mut Weights<'_>) -> Result<Vec<u8>, EmbeddingError>
         let residual = g.node("Add", &[&out, &x1], vec![]);
         x = layer_norm(&mut g, w, c, &format!("{p}.output.LayerNorm"), &residual)?;
     }
-    g.output(
-        &x,
-        "last_hidden_state",
-        FLOAT,
-        &[Dim::Named("batch"), Dim::Named("sequence"), Dim::Fixed(hi)],
-    );
+    if c.is_classifier() {
+        // As BertForSequenceClassification: the [CLS] state through the pooler (dense, tanh),
+        // then the classifier.
+        let labels = first_dim(w, "classifier.weight")?;
+        let first = g.i64s("cls_index", &[], &[0]);
+        let cls = g.node("Gather", &[&x, &first], vec![attr_int("axis", 1)]);
+        let pooled = linear(&mut g, w, "pooler.dense", &cls, h, h)?;
+        let pooled = g.node("Tanh", &[&pooled], vec![]);
+        let logits = linear(&mut g, w, "classifier", &pooled, labels, h)?;
+        g.output(
+            &logits,
+            "logits",
+            FLOAT,
+            &[Dim::Named("batch"), Dim::Fixed(labels as i64)],
+        );
+    } else {
+        g.output(
+            &x,
+            "last_hidden_state",
+            FLOAT,
+            &[Dim::Named("batch"), Dim::Named("sequence"), Dim::Fixed(hi)],
+        );
+    }
     Ok(g.finish(
         OPSET,
-        "BERT encoder exported by twin from safetensors",
+        "BERT exported by twin from safetensors",
         &[
             ("hidden_size", h.to_string()),
             ("num_hidden_layers", c.num_hidden_layers.to_string()),

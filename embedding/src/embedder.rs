@@ -58,12 +58,12 @@ impl Default for EmbedderOptions {
 const QUEUED_PER_WORKER: usize = 4;
 
 /// One padded batch, ready for the encoder.
-struct Padded {
-    rows: usize,
-    width: usize,
-    ids: Vec<i64>,
-    mask: Vec<i64>,
-    types: Vec<i64>,
+pub(crate) struct Padded {
+    pub(crate) rows: usize,
+    pub(crate) width: usize,
+    pub(crate) ids: Vec<i64>,
+    pub(crate) mask: Vec<i64>,
+    pub(crate) types: Vec<i64>,
 }
 
 /// A batch's index in its call, and its pooled embeddings row after row.
@@ -95,30 +95,16 @@ impl Embedder {
         onnx: &Path,
         options: EmbedderOptions,
     ) -> Result<Self, EmbeddingError> {
-        let tokenizer_path = model.dir.join("tokenizer.json");
-        let mut tokenizer =
-            Tokenizer::from_file(&tokenizer_path).map_err(|e| EmbeddingError::Model {
-                path: tokenizer_path.clone(),
-                reason: e.to_string(),
-            })?;
-        tokenizer
-            .with_truncation(Some(TruncationParams {
+        let tokenizer = tokenizer(
+            model,
+            TruncationParams {
                 max_length: options.max_tokens,
                 ..Default::default()
-            }))
-            .map_err(|e| EmbeddingError::Tokenizer(e.to_string()))?;
-        tokenizer.with_padding(None);
+            },
+        )?;
         let mut sessions = Vec::new();
         for _ in 0..options.workers.max(1) {
-            let mut builder = Session::builder(environment)?
-                .with_optimization_level(GraphOptimizationLevel::Level3)
-                .map_err(|e| EmbeddingError::Runtime(e.into()))?;
-            if options.intra_threads > 0 {
-                builder = builder
-                    .with_intra_threads(options.intra_threads)
-                    .map_err(|e| EmbeddingError::Runtime(e.into()))?;
-            }
-            sessions.push(builder.commit_from_file(onnx)?);
+            sessions.push(session(environment, onnx, options.intra_threads)?);
         }
         let dimension = sessions[0]
             .outputs()
@@ -240,6 +226,41 @@ impl Drop for Embedder {
     }
 }
 
+/// The tokenizer of `model`, truncating as `truncation` says and padding nothing (batches are
+/// padded by [`pad`]).
+pub(crate) fn tokenizer(
+    model: &ModelFiles,
+    truncation: TruncationParams,
+) -> Result<Tokenizer, EmbeddingError> {
+    let path = model.dir.join("tokenizer.json");
+    let mut tokenizer = Tokenizer::from_file(&path).map_err(|e| EmbeddingError::Model {
+        path: path.clone(),
+        reason: e.to_string(),
+    })?;
+    tokenizer
+        .with_truncation(Some(truncation))
+        .map_err(|e| EmbeddingError::Tokenizer(e.to_string()))?;
+    tokenizer.with_padding(None);
+    Ok(tokenizer)
+}
+
+/// An ONNX Runtime session of `onnx`, fully optimised, with `intra_threads` (0: every core).
+pub(crate) fn session(
+    environment: &Environment,
+    onnx: &Path,
+    intra_threads: usize,
+) -> Result<Session, EmbeddingError> {
+    let mut builder = Session::builder(environment)?
+        .with_optimization_level(GraphOptimizationLevel::Level3)
+        .map_err(|e| EmbeddingError::Runtime(e.into()))?;
+    if intra_threads > 0 {
+        builder = builder
+            .with_intra_threads(intra_threads)
+            .map_err(|e| EmbeddingError::Runtime(e.into()))?;
+    }
+    Ok(builder.commit_from_file(onnx)?)
+}
+
 /// A worker: run batches from the queue on its session until the queue closes.
 fn work(mut session: Session, jobs: Receiver<Job>, dimension: usize) {
     for job in jobs.iter() {
@@ -252,8 +273,8 @@ fn work(mut session: Session, jobs: Receiver<Job>, dimension: usize) {
     }
 }
 
-/// Pad a batch's encodings to its longest text.
-fn pad(batch: &[usize], encodings: &[tokenizers::Encoding]) -> Padded {
+/// Pad a batch's encodings (`batch` indexes `encodings`) to its longest text.
+pub(crate) fn pad(batch: &[usize], encodings: &[tokenizers::Encoding]) -> Padded {
     let width = batch
         .iter()
         .map(|&i| encodings[i].get_ids().len().max(1))

@@ -7,9 +7,14 @@
 //! - [`embedder`]: tokenisation, batching by token budget, ONNX Runtime, mean pooling and L2
 //!   normalisation, as sentence-transformers computes them.
 //!
-//! [`open`] does all of it from the configuration: find (or pull) the model, export it, load it.
+//! - [`cross_encoder`]: a BERT sequence classifier that scores (query, passage) pairs, for
+//!   re-ranking retrieval's candidates.
+//!
+//! [`open`] does all of it from the configuration: find (or pull) the model, export it, load it;
+//! [`open_cross_encoder`] does the same for a re-ranker.
 
 pub mod bert;
+pub mod cross_encoder;
 pub mod embedder;
 pub mod model;
 
@@ -17,6 +22,7 @@ use std::path::{Path, PathBuf};
 
 use twin_config::EmbeddingConfig;
 
+pub use cross_encoder::{CrossEncoder, CrossEncoderOptions};
 pub use embedder::{Embedder, EmbedderOptions};
 pub use model::ModelFiles;
 
@@ -73,17 +79,7 @@ impl EmbeddingError {
 /// The configured model, ready to embed: found locally or pulled from the hub on first use,
 /// exported to ONNX under `data_dir/models` if needed, and loaded on ONNX Runtime.
 pub async fn open(config: &EmbeddingConfig, data_dir: &Path) -> Result<Embedder, EmbeddingError> {
-    let files = model_files(config, data_dir).await?;
-    let models = twin_config::DataLayout::new(data_dir).models();
-    let export_files = files.clone();
-    let onnx = tokio::task::spawn_blocking(move || export_files.onnx(&models))
-        .await
-        .map_err(|e| EmbeddingError::Worker(format!("export task failed: {e}")))??;
-    let library = config
-        .onnxruntime_library
-        .clone()
-        .unwrap_or_else(model::default_runtime_library);
-    let runtime = twin_onnx::environment(&library)?;
+    let (files, onnx, runtime) = exported(config, data_dir).await?;
     let workers = match config.workers {
         0 => std::thread::available_parallelism()
             .map(|n| n.get())
@@ -100,6 +96,49 @@ pub async fn open(config: &EmbeddingConfig, data_dir: &Path) -> Result<Embedder,
     tokio::task::spawn_blocking(move || Embedder::load(runtime, &files, &onnx, options))
         .await
         .map_err(|e| EmbeddingError::Worker(format!("load task failed: {e}")))?
+}
+
+/// The cross-encoder `reranker` names, ready to score: found or pulled as [`open`] finds the
+/// embedding model (from the hub and with the ONNX Runtime of `embedding`), exported, loaded.
+pub async fn open_cross_encoder(
+    reranker: &twin_config::RerankerConfig,
+    embedding: &EmbeddingConfig,
+    data_dir: &Path,
+) -> Result<CrossEncoder, EmbeddingError> {
+    let located = EmbeddingConfig {
+        model: reranker.model.clone(),
+        model_dir: reranker.model_dir.clone(),
+        ..embedding.clone()
+    };
+    let (files, onnx, runtime) = exported(&located, data_dir).await?;
+    let options = CrossEncoderOptions {
+        max_tokens: reranker.max_tokens,
+        max_batch_size: reranker.max_batch_size,
+        intra_threads: 0,
+    };
+    tokio::task::spawn_blocking(move || CrossEncoder::load(runtime, &files, &onnx, options))
+        .await
+        .map_err(|e| EmbeddingError::Worker(format!("load task failed: {e}")))?
+}
+
+/// The configured model's files, its ONNX export (made now if missing or stale) and the ONNX
+/// Runtime environment to load it on.
+async fn exported(
+    config: &EmbeddingConfig,
+    data_dir: &Path,
+) -> Result<(ModelFiles, PathBuf, &'static ort::environment::Environment), EmbeddingError> {
+    let files = model_files(config, data_dir).await?;
+    let models = twin_config::DataLayout::new(data_dir).models();
+    let export_files = files.clone();
+    let onnx = tokio::task::spawn_blocking(move || export_files.onnx(&models))
+        .await
+        .map_err(|e| EmbeddingError::Worker(format!("export task failed: {e}")))??;
+    let library = config
+        .onnxruntime_library
+        .clone()
+        .unwrap_or_else(model::default_runtime_library);
+    let runtime = twin_onnx::environment(&library)?;
+    Ok((files, onnx, runtime))
 }
 
 /// The configured model's files: where the configuration says, else found locally, else pulled

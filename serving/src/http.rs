@@ -32,7 +32,7 @@ use twin_chat::Message;
 use crate::backend::Backend;
 use crate::engine::{Completion, Event, GenerationRequest, Prompt};
 use crate::rag;
-use crate::retrieval::{parse_kind, Filters, Retriever, Source};
+use crate::retrieval::{parse_kind, Filters, Rerank, Retriever, Source};
 use crate::sampling::SamplingParams;
 use crate::trace::Tracer;
 use crate::ServingError;
@@ -419,6 +419,9 @@ struct Sampling {
     frequency_penalty: Option<f32>,
     presence_penalty: Option<f32>,
     n: Option<usize>,
+    /// Go on past the end-of-sequence token, up to `max_tokens` (as vLLM's server allows; for
+    /// benchmarks and tests of long answers).
+    ignore_eos: Option<bool>,
 }
 
 impl Sampling {
@@ -449,6 +452,7 @@ impl Sampling {
                 Some(Stop::One(s)) => vec![s.clone()],
                 Some(Stop::Many(v)) => v.clone(),
             },
+            ignore_eos: self.ignore_eos.unwrap_or(false),
             ..defaults
         })
     }
@@ -502,7 +506,7 @@ fn citations(sources: &[Source]) -> Value {
             .iter()
             .enumerate()
             .map(|(i, s)| {
-                json!({
+                let mut citation = json!({
                     "n": i + 1,
                     "document_id": s.document_id,
                     "chunk_id": s.chunk_id,
@@ -513,7 +517,11 @@ fn citations(sources: &[Source]) -> Value {
                     "author": s.author,
                     "score": s.score,
                     "text": s.text,
-                })
+                });
+                if let Some(score) = s.rerank_score {
+                    citation["rerank_score"] = json!(score);
+                }
+                citation
             })
             .collect(),
     )
@@ -556,7 +564,13 @@ async fn with_context(
     let retrieval = app
         .state
         .retriever
-        .search(query, &rewrites, filters, k, true)
+        .search(
+            query,
+            &rewrites,
+            filters,
+            k,
+            app.state.retriever.default_rerank(true),
+        )
         .await?;
     let packed = rag::pack(
         &app.state.backend,
@@ -578,9 +592,10 @@ fn retrieved(sources: &[Source]) -> Value {
     Value::Array(
         sources
             .iter()
-            .map(
-                |s| json!({"chunk_id": s.chunk_id, "document_id": s.document_id, "score": s.score}),
-            )
+            .map(|s| {
+                json!({"chunk_id": s.chunk_id, "document_id": s.document_id, "score": s.score,
+                           "rerank_score": s.rerank_score})
+            })
             .collect(),
     )
 }
@@ -993,11 +1008,19 @@ async fn search(
         number("after")?,
         number("before")?,
     )?;
-    let diverse = get("rerank").as_deref() == Some("mmr");
+    let rerank = match get("rerank") {
+        Some(name) => Rerank::parse(&name).ok_or_else(|| {
+            ApiError::invalid(
+                "rerank",
+                format!("`rerank` is none, mmr or cross-encoder, not `{name}`"),
+            )
+        })?,
+        None => app.state.retriever.default_rerank(false),
+    };
     let retrieval = app
         .state
         .retriever
-        .search(&q, &[], &filters, k.max(0) as usize, diverse)
+        .search(&q, &[], &filters, k.max(0) as usize, rerank)
         .await?;
     trace(&app, &request_id("search"), "/v1/search", || {
         json!({

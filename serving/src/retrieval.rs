@@ -1,15 +1,16 @@
 //! Retrieval over the vector store: the query embedded with the model that filled the store
 //! (checked), searched in every kind's collection at once with the filters, merged by score,
-//! and re-ranked by maximal marginal relevance so that the context is not five copies of one
-//! paragraph. An author named in the query becomes a filter (self-query); rewrites of the query
-//! are searched in parallel and fused by reciprocal rank.
+//! and re-ranked: by a cross-encoder when one is configured, else by maximal marginal relevance
+//! so that the context is not five copies of one paragraph. An author named in the query becomes
+//! a filter (self-query); rewrites of the query are searched in parallel and fused by reciprocal
+//! rank.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
 use serde::Serialize;
-use twin_embedding::Embedder;
+use twin_embedding::{CrossEncoder, Embedder};
 use twin_schemas::DocumentKind;
 use twin_vectorstore::{Hit, SearchFilter, VectorStore, KINDS};
 use twin_warehouse::{AsOf, DocumentFilter, Warehouse};
@@ -54,6 +55,9 @@ pub struct Source {
     pub published_at: Option<i64>,
     /// Cosine similarity to the query (or the fused score of rewrites).
     pub score: f32,
+    /// The cross-encoder's score for the query and this chunk, when it re-ranked them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rerank_score: Option<f32>,
     /// The chunk's text.
     pub text: String,
 }
@@ -89,12 +93,36 @@ pub struct RetrievalSettings {
     pub max_query_chars: usize,
 }
 
+/// How the candidates are re-ranked before the best `k` are kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rerank {
+    /// Not: by the search's own score.
+    None,
+    /// Maximal marginal relevance over the embeddings.
+    Mmr,
+    /// The configured cross-encoder.
+    CrossEncoder,
+}
+
+impl Rerank {
+    /// Parse a request's `rerank` (`none`, `mmr`, `cross-encoder`).
+    pub fn parse(name: &str) -> Option<Self> {
+        match name.trim() {
+            "none" => Some(Rerank::None),
+            "mmr" => Some(Rerank::Mmr),
+            "cross-encoder" => Some(Rerank::CrossEncoder),
+            _ => None,
+        }
+    }
+}
+
 /// The retriever.
 pub struct Retriever {
     embedder: Arc<Embedder>,
     store: Arc<dyn VectorStore>,
     authors: Vec<KnownAuthor>,
     settings: RetrievalSettings,
+    reranker: Option<Arc<CrossEncoder>>,
 }
 
 impl Retriever {
@@ -111,7 +139,30 @@ impl Retriever {
             store,
             authors,
             settings,
+            reranker: None,
         })
+    }
+
+    /// Re-rank with `reranker` wherever re-ranking is asked for.
+    pub fn with_reranker(mut self, reranker: Arc<CrossEncoder>) -> Self {
+        self.reranker = Some(reranker);
+        self
+    }
+
+    /// The cross-encoder's model, when one is configured.
+    pub fn reranker(&self) -> Option<&str> {
+        self.reranker.as_ref().map(|r| r.model_id())
+    }
+
+    /// The re-ranking a request gets when it does not say: the cross-encoder when one is
+    /// configured; else, for an answer's context, maximal marginal relevance, and for a search
+    /// alone, none.
+    pub fn default_rerank(&self, for_context: bool) -> Rerank {
+        match (&self.reranker, for_context) {
+            (Some(_), _) => Rerank::CrossEncoder,
+            (None, true) => Rerank::Mmr,
+            (None, false) => Rerank::None,
+        }
     }
 
     /// The embedder.
@@ -150,15 +201,25 @@ impl Retriever {
     }
 
     /// The `k` best chunks for `query` and its `rewrites` (searched in parallel and fused by
-    /// reciprocal rank), re-ranked by maximal marginal relevance when `diverse`.
+    /// reciprocal rank), re-ranked as `rerank` says.
     pub async fn search(
         &self,
         query: &str,
         rewrites: &[String],
         filters: &Filters,
         k: usize,
-        diverse: bool,
+        rerank: Rerank,
     ) -> Result<Retrieval, ServingError> {
+        let reranker = match (rerank, &self.reranker) {
+            (Rerank::CrossEncoder, None) => {
+                return Err(ServingError::InvalidParameter {
+                    name: "rerank".into(),
+                    reason: "no cross-encoder is configured ([serving.reranker] model)".into(),
+                })
+            }
+            (Rerank::CrossEncoder, Some(r)) => Some(r.clone()),
+            _ => None,
+        };
         let started = Instant::now();
         let query = query.trim();
         if query.is_empty() {
@@ -252,7 +313,25 @@ impl Retriever {
                 source(hit, kind)
             })
             .collect();
-        let sources = if diverse && sources.len() > k {
+        let sources = if let Some(reranker) = reranker {
+            let texts: Vec<String> = sources.iter().map(|s| s.text.clone()).collect();
+            let scores = reranker.score_async(query.to_string(), texts).await?;
+            let mut scored: Vec<Source> = sources
+                .into_iter()
+                .zip(scores)
+                .map(|(source, score)| Source {
+                    rerank_score: Some(score),
+                    ..source
+                })
+                .collect();
+            scored.sort_by(|a, b| {
+                b.rerank_score
+                    .unwrap_or(f32::MIN)
+                    .total_cmp(&a.rerank_score.unwrap_or(f32::MIN))
+            });
+            scored.truncate(k);
+            scored
+        } else if rerank == Rerank::Mmr && sources.len() > k {
             let texts: Vec<String> = sources.iter().map(|s| s.text.clone()).collect();
             let embedded = self.embedder.embed_async(texts).await?;
             let order = mmr(&vectors[0], &embedded, k, self.settings.mmr_lambda);
@@ -321,6 +400,7 @@ fn source(hit: Hit, kind: DocumentKind) -> Source {
         position: p.position,
         published_at: p.published_at,
         score: hit.score,
+        rerank_score: None,
         text: p.text,
     }
 }
