@@ -137,15 +137,24 @@ impl VectorStore for QdrantVectorStore {
             if exists {
                 continue;
             }
-            self.client
-                .create_collection(
-                    CreateCollectionBuilder::new(&name).vectors_config(VectorParamsBuilder::new(
-                        dimension as u64,
-                        Distance::Cosine,
-                    )),
-                )
-                .await
-                .map_err(server_err(format!("create {name}")))?;
+            let created =
+                self.client
+                    .create_collection(CreateCollectionBuilder::new(&name).vectors_config(
+                        VectorParamsBuilder::new(dimension as u64, Distance::Cosine),
+                    ))
+                    .await;
+            if let Err(e) = created {
+                // Another process starting at the same time (a serve replica, a stream worker)
+                // may have created it since the look-up: that is what was wanted.
+                let exists_now = self
+                    .client
+                    .collection_exists(&name)
+                    .await
+                    .map_err(server_err(format!("look up {name}")))?;
+                if !exists_now {
+                    return Err(server_err(format!("create {name}"))(e));
+                }
+            }
             for field in KEYWORD_FIELDS {
                 self.client
                     .create_field_index(

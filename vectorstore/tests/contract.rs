@@ -424,3 +424,30 @@ async fn a_collection_whose_creation_a_crash_cut_short_opens_empty() {
         "writes and filtered reads work"
     );
 }
+
+/// Processes that start together (serve replicas beside a stream worker) each make sure the
+/// collections exist, at the same moment: all of them succeed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stores_starting_together_on_one_qdrant_server_all_get_their_collections() {
+    let Some(server) = twin_testkit::qdrant::qdrant_or_skip("concurrent collection creation")
+    else {
+        return;
+    };
+    let config = QdrantConfig {
+        url: server.grpc_url.clone(),
+        api_key: String::new(),
+    };
+    let prefix = unique();
+    let starts: Vec<_> = (0..4)
+        .map(|_| {
+            let store = QdrantVectorStore::connect(&config, &prefix).expect("connect");
+            tokio::spawn(async move { store.ensure_collections(DIM).await })
+        })
+        .collect();
+    for started in starts {
+        started
+            .await
+            .expect("task")
+            .expect("every store gets its collections");
+    }
+}
