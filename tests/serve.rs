@@ -120,6 +120,44 @@ async fn streamed(d: &Path) {
     );
 }
 
+/// POST `body` as JSON to `url` (no token): the answer's status and text.
+async fn post_json(url: &str, body: &Value) -> (u16, String) {
+    let response = reqwest::Client::new()
+        .post(url)
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    (response.status().as_u16(), response.text().await.unwrap())
+}
+
+/// GET `url` (no token): the answer's status and JSON body.
+async fn get_json(url: impl reqwest::IntoUrl) -> (u16, Value) {
+    let response = reqwest::get(url).await.unwrap();
+    let status = response.status().as_u16();
+    (
+        status,
+        serde_json::from_str(&response.text().await.unwrap()).unwrap(),
+    )
+}
+
+/// The question both `/rag` checks ask: the "events" article answers it.
+fn projection_question() -> Value {
+    json!({"query": "How do you fix a bug in a projection?", "max_tokens": 6, "temperature": 0})
+}
+
+/// A short streamed chat completion; its body ends with `data: [DONE]`.
+async fn assert_streams(base: &str, question: &str) {
+    let (status, streamed) = post_json(
+        &format!("{base}/v1/chat/completions"),
+        &json!({"messages": [{"role": "user", "content": question}], "max_tokens": 4, "stream": true}),
+    )
+    .await;
+    assert_eq!(status, 200, "{streamed}");
+    assert!(streamed.trim_end().ends_with("data: [DONE]"), "{streamed}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_service_answers_with_context_and_refuses_bad_requests() {
     let dir = tempfile::tempdir().unwrap();
@@ -553,18 +591,9 @@ async fn an_external_model_generates_while_retrieval_stays_here() {
         ],
     );
     let client = reqwest::Client::new();
-    let rag = client
-        .post(format!("{}/rag", server.base))
-        .header("content-type", "application/json")
-        .body(
-            json!({"query": "How do you fix a bug in a projection?", "max_tokens": 6, "temperature": 0})
-                .to_string(),
-        )
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(rag.status(), 200);
-    let rag: Value = serde_json::from_str(&rag.text().await.unwrap()).unwrap();
+    let (status, rag) = post_json(&format!("{}/rag", server.base), &projection_question()).await;
+    assert_eq!(status, 200, "{rag}");
+    let rag: Value = serde_json::from_str(&rag).unwrap();
     assert_eq!(rag["model"], "tiny");
     assert_eq!(
         rag["context"][0]["url"], "https://paul.substack.com/p/events",
@@ -574,20 +603,7 @@ async fn an_external_model_generates_while_retrieval_stays_here() {
         rag["usage"]["completion_tokens"].as_u64().unwrap() >= 1,
         "{rag}"
     );
-    let streamed = client
-        .post(format!("{}/v1/chat/completions", server.base))
-        .header("content-type", "application/json")
-        .body(
-            json!({"messages": [{"role": "user", "content": "What is a dead letter?"}], "max_tokens": 4, "stream": true})
-                .to_string(),
-        )
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert!(streamed.trim_end().ends_with("data: [DONE]"), "{streamed}");
+    assert_streams(&server.base, "What is a dead letter?").await;
     // The upstream answered them.
     let metrics = client
         .get(format!("{}/metrics", upstream.base))
@@ -618,15 +634,12 @@ async fn an_external_model_generates_while_retrieval_stays_here() {
             ("TWIN_SERVING__REMOTE__API_KEY", "not-the-upstream-key"),
         ],
     );
-    let failed = client
-        .post(format!("{}/rag", wrong.base))
-        .header("content-type", "application/json")
-        .body(json!({"query": "What is a dead letter?"}).to_string())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(failed.status(), 502);
-    let body = failed.text().await.unwrap();
+    let (status, body) = post_json(
+        &format!("{}/rag", wrong.base),
+        &json!({"query": "What is a dead letter?"}),
+    )
+    .await;
+    assert_eq!(status, 502, "{body}");
     assert!(
         body.contains("401") && body.contains("upstream_error"),
         "{body}"
@@ -675,15 +688,7 @@ async fn a_configured_cross_encoder_reranks_the_candidates() {
             ),
         ],
     );
-    let search = |query: &str| {
-        let url = format!("{}/v1/search?k=3&{query}", server.base);
-        async move {
-            let response = reqwest::get(url).await.unwrap();
-            let status = response.status();
-            let body: Value = serde_json::from_str(&response.text().await.unwrap()).unwrap();
-            (status, body)
-        }
-    };
+    let search = |query: &str| get_json(format!("{}/v1/search?k=3&{query}", server.base));
     let (status, reranked) = search("q=how%20should%20a%20client%20retry").await;
     assert_eq!(status, 200, "{reranked}");
     let hits = reranked["results"].as_array().unwrap();
@@ -893,16 +898,13 @@ async fn two_replicas_serve_what_a_running_stream_projects_on_kafka_and_qdrant()
         .await
         .unwrap();
 
-    let client = reqwest::Client::new();
     for replica in &replicas {
         let url = format!(
             "{}/v1/search?q=a%20long%20cold%20proof%20overnight&k=1",
             replica.base
         );
         let found = loop {
-            let body: Value =
-                serde_json::from_str(&client.get(&url).send().await.unwrap().text().await.unwrap())
-                    .unwrap();
+            let (_, body) = get_json(&url).await;
             if body["results"][0]["url"] == "https://paul.substack.com/p/bread" {
                 break body;
             }
@@ -924,9 +926,7 @@ async fn two_replicas_serve_what_a_running_stream_projects_on_kafka_and_qdrant()
     // Every document is projected before the answer is checked against all three.
     let all = format!("{}/v1/search?q=projection%20replay&k=3", replicas[0].base);
     loop {
-        let body: Value =
-            serde_json::from_str(&client.get(&all).send().await.unwrap().text().await.unwrap())
-                .unwrap();
+        let (_, body) = get_json(&all).await;
         if body["results"].as_array().unwrap().len() == 3 {
             break;
         }
@@ -936,38 +936,15 @@ async fn two_replicas_serve_what_a_running_stream_projects_on_kafka_and_qdrant()
         );
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
-    let rag = client
-        .post(format!("{}/rag", replicas[1].base))
-        .header("content-type", "application/json")
-        .body(
-            json!({"query": "How do you fix a bug in a projection?", "max_tokens": 6, "temperature": 0})
-                .to_string(),
-        )
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let (status, rag) =
+        post_json(&format!("{}/rag", replicas[1].base), &projection_question()).await;
+    assert_eq!(status, 200, "{rag}");
     let rag: Value = serde_json::from_str(&rag).unwrap();
     assert_eq!(
         rag["context"][0]["url"], "https://paul.substack.com/p/events",
         "{rag}"
     );
-    let streamed = client
-        .post(format!("{}/v1/chat/completions", replicas[0].base))
-        .header("content-type", "application/json")
-        .body(
-            json!({"messages": [{"role": "user", "content": "Why back off?"}], "max_tokens": 4, "stream": true})
-                .to_string(),
-        )
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert!(streamed.trim_end().ends_with("data: [DONE]"), "{streamed}");
+    assert_streams(&replicas[0].base, "Why back off?").await;
     sigterm(&stream.0);
     let status = stream.0.wait().unwrap();
     assert!(status.success(), "the stream stops cleanly: {status}");

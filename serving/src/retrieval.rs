@@ -316,21 +316,16 @@ impl Retriever {
         let sources = if let Some(reranker) = reranker {
             let texts: Vec<String> = sources.iter().map(|s| s.text.clone()).collect();
             let scores = reranker.score_async(query.to_string(), texts).await?;
-            let mut scored: Vec<Source> = sources
+            let mut scored: Vec<(f32, Source)> = scores.into_iter().zip(sources).collect();
+            scored.sort_by(|a, b| b.0.total_cmp(&a.0));
+            scored
                 .into_iter()
-                .zip(scores)
-                .map(|(source, score)| Source {
+                .take(k)
+                .map(|(score, source)| Source {
                     rerank_score: Some(score),
                     ..source
                 })
-                .collect();
-            scored.sort_by(|a, b| {
-                b.rerank_score
-                    .unwrap_or(f32::MIN)
-                    .total_cmp(&a.rerank_score.unwrap_or(f32::MIN))
-            });
-            scored.truncate(k);
-            scored
+                .collect()
         } else if rerank == Rerank::Mmr && sources.len() > k {
             let texts: Vec<String> = sources.iter().map(|s| s.text.clone()).collect();
             let embedded = self.embedder.embed_async(texts).await?;

@@ -533,7 +533,7 @@ impl Pipeline {
         let mut in_batch = BTreeMap::new();
         // Each document cleaned again, with the event that changed its template: the new
         // versions carry that event's position, so snapshots pinned before it keep the old ones.
-        let mut affected = BTreeMap::new();
+        let mut again = BTreeMap::new();
         for delivery in &events {
             let changed = match &delivery.event {
                 Ok(Event::Raw(raw)) => {
@@ -547,16 +547,15 @@ impl Pipeline {
                 _ => Default::default(),
             };
             for id in changed {
-                affected.entry(id).or_insert(delivery.position);
+                again.entry(id).or_insert(delivery.position);
             }
         }
         // Documents left stale by a run that stopped are cleaned again with this batch.
         if let Some(first) = events.first() {
             for id in std::mem::take(&mut *self.stale.lock().await) {
-                affected.entry(id).or_insert(first.position);
+                again.entry(id).or_insert(first.position);
             }
         }
-        let again = affected;
 
         let mut actions = Vec::new();
         for delivery in events {
