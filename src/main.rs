@@ -10,6 +10,7 @@
 //! on a signal, serving metrics).
 
 mod dataset;
+mod demo;
 mod eval;
 mod generate;
 mod ingest;
@@ -59,6 +60,11 @@ enum LogFormat {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// The whole loop on a sample author that ships with the project, offline: crawl her
+    /// articles, posts and code from local servers in the platforms' shapes, stream them into
+    /// features, snapshot, build a dataset, train a small model from scratch, evaluate, export
+    /// and serve it, and answer a question with retrieved sources. Data in `DATA_DIR/demo`.
+    Demo(DemoArgs),
     /// Run the main job on the configured backends: prepare the event log, crawl every
     /// configured source once, then stream what the log holds into the warehouse and vector store.
     Run,
@@ -142,6 +148,32 @@ enum Command {
         #[command(subcommand)]
         command: ModelsCommand,
     },
+}
+
+/// `twin demo` options.
+#[derive(Debug, clap::Args)]
+pub struct DemoArgs {
+    /// The question the served model answers at the end.
+    #[arg(
+        long,
+        default_value = "What should I do with the events my pipeline cannot read?"
+    )]
+    pub question: String,
+    /// Optimizer steps of the small model's training (a few minutes on 2 cores).
+    #[arg(long, default_value_t = 120)]
+    pub train_steps: u64,
+    /// Test samples evaluated.
+    #[arg(long, default_value_t = 8)]
+    pub eval_samples: usize,
+    /// Train again even if the model was trained on this dataset before.
+    #[arg(long)]
+    pub retrain: bool,
+    /// Start from nothing: remove `DATA_DIR/demo` first.
+    #[arg(long)]
+    pub fresh: bool,
+    /// Keep serving after the answer, until Ctrl-C.
+    #[arg(long)]
+    pub keep_serving: bool,
 }
 
 /// `twin models` subcommands.
@@ -731,6 +763,16 @@ fn load_config(cli: &Cli) -> Result<TwinConfig> {
 async fn run(cli: Cli) -> Result<ExitCode> {
     let config = load_config(&cli)?;
     match cli.command {
+        Command::Demo(args) => demo::demo(&config, args).await,
+        command => dispatch(&config, command).await,
+    }
+}
+
+/// Run one command on `config` (the demo runs its steps through here too).
+async fn dispatch(config: &TwinConfig, command: Command) -> Result<ExitCode> {
+    let config = config.clone();
+    match command {
+        Command::Demo(_) => anyhow::bail!("`twin demo` does not run inside another command"),
         Command::Config {
             command: ConfigCommand::Show,
         } => {

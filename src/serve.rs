@@ -15,8 +15,21 @@ use twin_serving::Engine;
 
 use crate::ServeArgs;
 
-/// `twin serve`.
+/// `twin serve`: until Ctrl-C or SIGTERM.
 pub async fn serve(config: &TwinConfig, args: ServeArgs) -> Result<ExitCode> {
+    let (ready, _) = tokio::sync::oneshot::channel();
+    serve_until(config, args, crate::signals::shutdown_signal(), ready).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Serve until `stop` resolves, then finish the requests in flight (at most
+/// `shutdown_grace_secs`). `ready` gets the address once the server listens.
+pub async fn serve_until(
+    config: &TwinConfig,
+    args: ServeArgs,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+    ready: tokio::sync::oneshot::Sender<std::net::SocketAddr>,
+) -> Result<()> {
     let settings = &config.serving;
     let address = args.address.unwrap_or_else(|| settings.address.clone());
     let remote = &settings.remote;
@@ -129,11 +142,12 @@ pub async fn serve(config: &TwinConfig, args: ServeArgs) -> Result<ExitCode> {
         .with_context(|| format!("listening on {address}"))?;
     let bound = listener.local_addr()?;
     println!("serving {name} on http://{bound} (OpenAPI at /openapi.json)");
+    let _ = ready.send(bound);
     tracing::info!(%bound, model = %name, "serving");
     let grace = Duration::from_secs(settings.shutdown_grace_secs);
     let (stopping, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = axum::serve(listener, router).with_graceful_shutdown(async move {
-        crate::signals::shutdown_signal().await;
+        stop.await;
         eprintln!(
             "stopping: finishing the requests in flight (at most {} s)",
             grace.as_secs()
@@ -152,7 +166,7 @@ pub async fn serve(config: &TwinConfig, args: ServeArgs) -> Result<ExitCode> {
         result = server => result?,
         () = deadline => eprintln!("requests still in flight after {} s: stopping anyway", grace.as_secs()),
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(())
 }
 
 /// `twin traces`.

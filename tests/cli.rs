@@ -632,3 +632,99 @@ fn snapshots_and_datasets_from_the_command_line() {
         stderr(&out)
     );
 }
+
+/// The README's main command: the whole loop on the shipped sample author ends with an answer
+/// and its sources; a second run finds everything done and goes straight to the answer.
+#[test]
+fn the_demo_runs_the_whole_loop_and_answers_with_sources() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let data = data.to_str().expect("utf-8 path");
+    let args = [
+        "--data-dir",
+        data,
+        "demo",
+        "--train-steps",
+        "6",
+        "--eval-samples",
+        "2",
+    ];
+    let first = twin(dir.path(), &args, &[]);
+    let text = stdout(&first);
+    assert!(first.status.success(), "{text}\n{}", stderr(&first));
+    // Every sample document was crawled from the local platforms and streamed.
+    let total = |text: &str| -> Vec<u64> {
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("total "))
+            .unwrap_or_else(|| panic!("no ingest summary:\n{text}"));
+        line.split_whitespace()
+            .skip(1)
+            .map(|n| n.parse().expect("a count"))
+            .collect()
+    };
+    assert_eq!(
+        total(&text),
+        [18, 0, 0, 0, 0],
+        "new, changed, unchanged, deleted, failed:\n{text}"
+    );
+    assert!(text.contains("documents: 18,"), "{text}");
+    assert!(text.contains("registered nora-twin@v1"), "{text}");
+    assert!(text.contains("perplexity (lower is better)"), "{text}");
+    let curve = Path::new(data).join("demo/loss.png");
+    assert!(
+        std::fs::metadata(&curve)
+            .map(|m| m.len() > 1000)
+            .unwrap_or(false),
+        "no loss curve at {}",
+        curve.display()
+    );
+    // The served model answers, citing the article that answers the question first.
+    let answer = |text: &str| -> (String, Vec<String>) {
+        let at = text
+            .find("\nQ: ")
+            .unwrap_or_else(|| panic!("no question asked:\n{text}"));
+        let rest = &text[at..];
+        let said = rest
+            .split_once("A (nora-twin): ")
+            .map(|(_, a)| {
+                a.split("\nsources:")
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+                    .to_string()
+            })
+            .unwrap_or_default();
+        let sources = rest
+            .lines()
+            .skip_while(|l| *l != "sources:")
+            .skip(1)
+            .take_while(|l| l.starts_with("  ["))
+            .map(str::to_string)
+            .collect();
+        (said, sources)
+    };
+    let (said, sources) = answer(&text);
+    assert!(!said.is_empty(), "the model said nothing:\n{text}");
+    assert!(
+        sources
+            .first()
+            .is_some_and(|s| s.starts_with("  [1] Dead Letters Are Mail Too (http://127.0.0.1:")),
+        "{sources:?}"
+    );
+
+    let second = twin(dir.path(), &args, &[]);
+    let again = stdout(&second);
+    assert!(second.status.success(), "{again}\n{}", stderr(&second));
+    assert_eq!(total(&again), [0, 0, 18, 0, 0], "{again}");
+    assert!(again.contains("documents: 0,"), "{again}");
+    assert!(
+        again.contains("nora-twin@v1 was trained on dataset") && !again.contains("registered"),
+        "{again}"
+    );
+    assert_eq!(
+        answer(&again).1,
+        sources,
+        "the same sources the second time"
+    );
+}
