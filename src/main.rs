@@ -21,6 +21,7 @@ mod signals;
 mod snapshot;
 mod stream;
 mod train;
+mod up;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -65,6 +66,11 @@ enum Command {
     /// features, snapshot, build a dataset, train a small model from scratch, evaluate, export
     /// and serve it, and answer a question with retrieved sources. Data in `DATA_DIR/demo`.
     Demo(DemoArgs),
+    /// Several roles in one process, on whatever backends the configuration names: the crawlers
+    /// on their schedules, the stream worker and the HTTP endpoint (all three by default; the
+    /// way to run them together on the embedded stores, which one process owns). Ctrl-C/SIGTERM
+    /// stops them all cleanly.
+    Up(UpArgs),
     /// Run the main job on the configured backends: prepare the event log, crawl every
     /// configured source once, then stream what the log holds into the warehouse and vector store.
     Run,
@@ -148,6 +154,23 @@ enum Command {
         #[command(subcommand)]
         command: ModelsCommand,
     },
+}
+
+/// `twin up` options.
+#[derive(Debug, clap::Args)]
+pub struct UpArgs {
+    /// The roles, comma-separated: ingest, stream, serve.
+    #[arg(long, default_value = "ingest,stream,serve")]
+    pub roles: String,
+    /// The model served (default: `[serving] model`).
+    #[arg(long)]
+    pub model: Option<String>,
+    /// Where the server listens (default: `[serving] address`).
+    #[arg(long)]
+    pub address: Option<String>,
+    /// The stream worker's consumer group.
+    #[arg(long, default_value = twin_stream::worker::DEFAULT_GROUP)]
+    pub group: String,
 }
 
 /// `twin demo` options.
@@ -764,6 +787,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
     let config = load_config(&cli)?;
     match cli.command {
         Command::Demo(args) => demo::demo(&config, args).await,
+        Command::Up(args) => up::up(&config, args).await,
         command => dispatch(&config, command).await,
     }
 }
@@ -772,7 +796,9 @@ async fn run(cli: Cli) -> Result<ExitCode> {
 async fn dispatch(config: &TwinConfig, command: Command) -> Result<ExitCode> {
     let config = config.clone();
     match command {
-        Command::Demo(_) => anyhow::bail!("`twin demo` does not run inside another command"),
+        Command::Demo(_) | Command::Up(_) => {
+            anyhow::bail!("`twin demo` and `twin up` do not run inside another command")
+        }
         Command::Config {
             command: ConfigCommand::Show,
         } => {

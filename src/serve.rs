@@ -18,15 +18,25 @@ use crate::ServeArgs;
 /// `twin serve`: until Ctrl-C or SIGTERM.
 pub async fn serve(config: &TwinConfig, args: ServeArgs) -> Result<ExitCode> {
     let (ready, _) = tokio::sync::oneshot::channel();
-    serve_until(config, args, crate::signals::shutdown_signal(), ready).await?;
+    serve_until(config, args, None, crate::signals::shutdown_signal(), ready).await?;
     Ok(ExitCode::SUCCESS)
 }
 
+/// What a server in the same process as the stream worker shares with it (`twin up`): the
+/// embedded stores have one owner per process.
+pub struct Shared {
+    pub embedder: Arc<twin_embedding::Embedder>,
+    pub store: Arc<dyn twin_vectorstore::VectorStore>,
+    pub warehouse: Arc<dyn twin_warehouse::Warehouse>,
+}
+
 /// Serve until `stop` resolves, then finish the requests in flight (at most
-/// `shutdown_grace_secs`). `ready` gets the address once the server listens.
+/// `shutdown_grace_secs`). `ready` gets the address once the server listens. Without `shared`
+/// the server opens the embedder and the stores itself.
 pub async fn serve_until(
     config: &TwinConfig,
     args: ServeArgs,
+    shared: Option<Shared>,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
     ready: tokio::sync::oneshot::Sender<std::net::SocketAddr>,
 ) -> Result<()> {
@@ -64,24 +74,14 @@ pub async fn serve_until(
         )?);
         (backend, remote.model.clone())
     };
-    let embedder = Arc::new(twin_embedding::open(&config.embedding, &config.data_dir).await?);
-    let store = twin_vectorstore::open(&config.vectors, &config.data_dir, embedder.dimension())
-        .await
-        .map_err(|e| {
-            let hint = if config.vectors.backend == VectorStoreBackend::Edge {
-                " (the embedded vector store is opened by one process at a time: stop `twin \
-                 stream` first, or use the Qdrant server backend, where any number of `twin \
-                 serve` replicas run beside the stream)"
-            } else {
-                ""
-            };
-            anyhow::anyhow!("opening the vector store: {e}{hint}")
-        })?;
-    // The embedded store indexes only when asked (the stream asks when it has caught up).
-    if store.optimize().await? {
-        tracing::info!("vector store indexed");
-    }
-    let warehouse = twin_warehouse::open(&config.warehouse, &config.data_dir).await?;
+    let Shared {
+        embedder,
+        store,
+        warehouse,
+    } = match shared {
+        Some(shared) => shared,
+        None => open_stores(config).await?,
+    };
     let retriever = Retriever::new(
         embedder,
         store,
@@ -167,6 +167,33 @@ pub async fn serve_until(
         () = deadline => eprintln!("requests still in flight after {} s: stopping anyway", grace.as_secs()),
     }
     Ok(())
+}
+
+/// The embedder and the stores, opened for a server of its own.
+async fn open_stores(config: &TwinConfig) -> Result<Shared> {
+    let embedder = Arc::new(twin_embedding::open(&config.embedding, &config.data_dir).await?);
+    let store = twin_vectorstore::open(&config.vectors, &config.data_dir, embedder.dimension())
+        .await
+        .map_err(|e| {
+            let hint = if config.vectors.backend == VectorStoreBackend::Edge {
+                " (the embedded vector store is opened by one process at a time: stop `twin \
+                 stream` first, run both in one process with `twin up`, or use the Qdrant server \
+                 backend, where any number of `twin serve` replicas run beside the stream)"
+            } else {
+                ""
+            };
+            anyhow::anyhow!("opening the vector store: {e}{hint}")
+        })?;
+    // The embedded store indexes only when asked (the stream asks when it has caught up).
+    if store.optimize().await? {
+        tracing::info!("vector store indexed");
+    }
+    let warehouse = twin_warehouse::open(&config.warehouse, &config.data_dir).await?;
+    Ok(Shared {
+        embedder,
+        store,
+        warehouse,
+    })
 }
 
 /// `twin traces`.

@@ -949,3 +949,115 @@ async fn two_replicas_serve_what_a_running_stream_projects_on_kafka_and_qdrant()
     let status = stream.0.wait().unwrap();
     assert!(status.success(), "the stream stops cleanly: {status}");
 }
+
+/// `twin up` on the embedded defaults: the crawlers on their schedule, the stream worker and the
+/// server in one process, sharing the stores. A page crawled is searchable through the server,
+/// and so is its next version once the schedule crawls it again; SIGTERM stops all three
+/// cleanly, with every offset committed.
+#[tokio::test(flavor = "multi_thread")]
+async fn twin_up_crawls_streams_and_serves_in_one_process_and_stops_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    model(d);
+    let site = twin_testkit::FixtureServer::start().await.unwrap();
+    let page = |text: &str| {
+        twin_testkit::Route::html(format!(
+            "<html><head><title>Backoff</title></head><body><article><h1>Backoff</h1>\
+             <p>{text}</p></article></body></html>"
+        ))
+    };
+    site.put("/backoff", page(PARAGRAPHS[0]));
+    std::fs::write(
+        d.join("twin.toml"),
+        format!(
+            "[metrics]\nstream = \"\"\ningest = \"\"\n[author]\nid = \"paul\"\n\
+             full_name = \"Paul Iusztin\"\n[ingest]\nschedule = \"1s\"\n[ingest.http]\n\
+             requests_per_second = 0.0\n[[ingest.sources]]\nurl = \"{}\"\nplatform = \"web\"\n",
+            site.url("/backoff")
+        ),
+    )
+    .unwrap();
+    let mut child = twin_command(d, &["up", "--model", "tiny", "--address", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    // The address from the server's line; the rest of stdout is kept for the end.
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut printed = String::new();
+    let base = loop {
+        let line = lines
+            .next()
+            .unwrap_or_else(|| panic!("twin up ended before serving:\n{printed}"))
+            .unwrap();
+        printed.push_str(&line);
+        printed.push('\n');
+        if let Some(url) = line.split_whitespace().find(|w| w.starts_with("http://")) {
+            break url.to_string();
+        }
+    };
+    let rest = std::thread::spawn(move || {
+        lines
+            .map_while(Result::ok)
+            .map(|l| l + "\n")
+            .collect::<String>()
+    });
+    let finds = |sentence: &'static str| {
+        let base = base.clone();
+        // Only what a query string needs escaped here.
+        async move {
+            for _ in 0..240 {
+                let (status, found) = get_json(format!(
+                    "{base}/v1/search?k=1&q={}",
+                    sentence
+                        .replace(' ', "%20")
+                        .replace(',', "%2C")
+                        .replace(':', "%3A")
+                ))
+                .await;
+                assert_eq!(status, 200, "{found}");
+                let text = found["results"][0]["text"].as_str().unwrap_or("");
+                if text.contains(&sentence[..60]) {
+                    return;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+            }
+            panic!("{sentence:?} never became searchable");
+        }
+    };
+    finds(PARAGRAPHS[0]).await;
+    // The next scheduled crawl finds the page changed; the worker replaces its chunks.
+    site.put("/backoff", page(PARAGRAPHS[2]));
+    finds(PARAGRAPHS[2]).await;
+    let (_, old) = get_json(format!(
+        "{base}/v1/search?k=5&q=rate%20limits%20backs%20off"
+    ))
+    .await;
+    assert!(
+        !old.to_string().contains(&PARAGRAPHS[0][..60]),
+        "the first version's chunk is still there: {old}"
+    );
+
+    sigterm(&child);
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(60),
+            "twin up did not stop"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    printed.push_str(&rest.join().unwrap());
+    assert!(status.success(), "{printed}");
+    for role in ["ingest: stopped", "stream: stopped", "serve: stopped"] {
+        assert!(printed.contains(role), "{role:?} missing:\n{printed}");
+    }
+    // Every event the worker handled was committed: a new worker of its group has nothing to do.
+    let out = twin_command(d, &["stream", "--once"]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("documents: 0,"), "{text}");
+}

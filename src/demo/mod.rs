@@ -356,6 +356,7 @@ async fn serve_and_ask(config: &TwinConfig, args: &DemoArgs) -> Result<bool> {
                 model: Some(MODEL_NAME.into()),
                 address: None,
             },
+            None,
             stop,
             ready_tx,
         )
