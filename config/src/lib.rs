@@ -209,6 +209,23 @@ mod tests {
     }
 
     #[test]
+    fn numeric_kafka_properties_are_taken_as_text() {
+        let config = load_file(
+            "[log.kafka.properties]\n\"session.timeout.ms\" = 10000\n\"enable.idempotence\" = true\n",
+        )
+        .expect("numbers and flags");
+        let properties: Vec<(String, &str)> =
+            config.log.kafka.librdkafka_properties().collect();
+        assert_eq!(
+            properties,
+            [
+                ("enable.idempotence".to_string(), "true"),
+                ("session.timeout.ms".to_string(), "10000")
+            ]
+        );
+    }
+
+    #[test]
     fn a_named_file_that_is_missing_is_an_error() {
         let err = load(&Sources {
             file: Some(PathBuf::from("/nonexistent/twin.toml")),

@@ -136,7 +136,40 @@ pub struct KafkaConfig {
     /// Extra librdkafka properties, passed through as they are: security (`security.protocol`,
     /// `sasl.mechanisms`, `sasl.username`, `sasl.password`, `ssl.ca.location`...) and tuning.
     /// From the environment, `_` stands for `.`: `TWIN_LOG__KAFKA__PROPERTIES__SASL_PASSWORD`.
+    /// Numbers and booleans are taken as their text (`session.timeout.ms = 10000`).
+    #[serde(deserialize_with = "scalar_texts")]
     pub properties: BTreeMap<String, String>,
+}
+
+/// A map of scalars as text: librdkafka takes every property as a string, but a number in
+/// TOML or in an environment variable arrives as a number.
+fn scalar_texts<'de, D>(deserializer: D) -> Result<BTreeMap<String, String>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Scalar {
+        Text(String),
+        Integer(i64),
+        Unsigned(u64),
+        Float(f64),
+        Flag(bool),
+    }
+    let map = BTreeMap::<String, Scalar>::deserialize(deserializer)?;
+    Ok(map
+        .into_iter()
+        .map(|(k, v)| {
+            let text = match v {
+                Scalar::Text(t) => t,
+                Scalar::Integer(n) => n.to_string(),
+                Scalar::Unsigned(n) => n.to_string(),
+                Scalar::Float(n) => n.to_string(),
+                Scalar::Flag(b) => b.to_string(),
+            };
+            (k, text)
+        })
+        .collect())
 }
 
 impl Default for KafkaConfig {
