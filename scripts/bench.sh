@@ -9,6 +9,8 @@
 #   scripts/bench.sh generate generation tokens/s against transformers, 1/4/16 concurrent [-- --tokens N]
 #   scripts/bench.sh serve    /v1/search p50/p99 with 100,000 chunks on Qdrant Edge and server; load
 #                             at rising concurrency on /v1/search and /rag [-- --chunks N --seconds S]
+#   scripts/bench.sh pipeline the whole feature pipeline over 304 article pages, embedded and on
+#                             Tansu + ClickHouse + Qdrant: docs/s, chunks/s, time to searchable (DOCS)
 # Extra arguments after the name go to the benchmark.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -47,4 +49,7 @@ if [ "$which" = generate ] || [ "$which" = all ]; then
 fi
 if [ "$which" = serve ] || [ "$which" = all ]; then
   cargo bench --locked -p twin-serving --bench serve_latency -- "$@"
+fi
+if [ "$which" = pipeline ] || [ "$which" = all ]; then
+  cargo bench --locked -p twin --bench feature_pipeline -- "$@"
 fi

@@ -18,7 +18,7 @@ as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 # System packages: a C toolchain, make and OpenSSL/zlib headers build the bundled librdkafka.
 # libtorch (Debian's 1.13.1, what tch 0.10 binds) trains the models; without OpenBLAS it falls
 # back to the reference BLAS and runs about fifty times slower. A TrueType font labels the
-# loss charts of `twin runs compare`.
+# loss charts of `twin runs compare`. GNU time measures what each role uses in the pipeline benchmark.
 # Install the Debian packages among "$@" that are not installed yet.
 apt_install() {
   local missing=() pkg
@@ -32,7 +32,7 @@ apt_install() {
   fi
 }
 apt_install build-essential pkg-config libssl-dev zlib1g-dev python3 python3-pip \
-  libtorch-dev libopenblas0-pthread fonts-dejavu-core
+  libtorch-dev libopenblas0-pthread fonts-dejavu-core time
 
 command -v cargo >/dev/null || { say "cargo not found: install Rust (https://rustup.rs) first"; exit 1; }
 

@@ -76,18 +76,7 @@ impl Setup {
                 .env("TWIN_VECTORS__BACKEND", "qdrant")
                 .env("TWIN_VECTORS__QDRANT__URL", qdrant)
                 .env("TWIN_VECTORS__COLLECTION_PREFIX", format!("{name}_"));
-            for topic in [
-                "raw_documents",
-                "cleaned_documents",
-                "chunks",
-                "embedded_chunks",
-                "dead_letters",
-            ] {
-                cmd.env(
-                    format!("TWIN_TOPICS__{}", topic.to_uppercase()),
-                    format!("{name}-{}", topic.replace('_', "-")),
-                );
-            }
+            cmd.envs(twin_testkit::tansu::topic_env(name));
         }
         cmd
     }

@@ -847,18 +847,7 @@ async fn two_replicas_serve_what_a_running_stream_projects_on_kafka_and_qdrant()
         ("TWIN_VECTORS__COLLECTION_PREFIX".into(), format!("{name}_")),
         ("TWIN_METRICS__STREAM".into(), String::new()),
     ];
-    for t in [
-        "raw_documents",
-        "cleaned_documents",
-        "chunks",
-        "embedded_chunks",
-        "dead_letters",
-    ] {
-        env.push((
-            format!("TWIN_TOPICS__{}", t.to_uppercase()),
-            topic(&t.replace('_', "-")),
-        ));
-    }
+    env.extend(twin_testkit::tansu::topic_env(&name));
     let env_refs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
 
     let mut stream = twin_command(d, &["stream"]);

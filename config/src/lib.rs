@@ -214,8 +214,7 @@ mod tests {
             "[log.kafka.properties]\n\"session.timeout.ms\" = 10000\n\"enable.idempotence\" = true\n",
         )
         .expect("numbers and flags");
-        let properties: Vec<(String, &str)> =
-            config.log.kafka.librdkafka_properties().collect();
+        let properties: Vec<(String, &str)> = config.log.kafka.librdkafka_properties().collect();
         assert_eq!(
             properties,
             [

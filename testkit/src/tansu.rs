@@ -67,3 +67,23 @@ fn start() -> Result<Broker, String> {
     wait_until(&spec, Duration::from_secs(30), || listening(&address))?;
     Ok(Broker { brokers: address })
 }
+
+/// `TWIN_TOPICS__*` variables naming every pipeline topic `{name}-{topic}`, so that the `twin`
+/// processes of one test share topics no other test sees on the shared broker.
+pub fn topic_env(name: &str) -> Vec<(String, String)> {
+    [
+        "raw_documents",
+        "cleaned_documents",
+        "chunks",
+        "embedded_chunks",
+        "dead_letters",
+    ]
+    .iter()
+    .map(|topic| {
+        (
+            format!("TWIN_TOPICS__{}", topic.to_uppercase()),
+            format!("{name}-{}", topic.replace('_', "-")),
+        )
+    })
+    .collect()
+}
