@@ -5,6 +5,11 @@
 //! when [`LogConsumer::commit`] is called. Topics are created with the configured partitions and
 //! replication factor when first used. Extra librdkafka properties from the configuration
 //! (security, tuning) are applied to every client and override these defaults.
+//!
+//! A subscribed consumer watches the partitions it does not own and joins its group again when
+//! one has waited three session timeouts without any member's progress (a broker that did not
+//! reassign a dead member's partitions); a commit refused because a rebalance moved the
+//! partition is not an error, since its new owner does the work again.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -282,13 +287,24 @@ impl EventLog for KafkaLog {
             }
         }
         debug!(topic, group, ?start, "kafka consumer started");
+        let watchdog = matches!(start, StartFrom::Committed).then(|| {
+            let session_ms = config
+                .get("session.timeout.ms")
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(DEFAULT_SESSION_TIMEOUT_MS);
+            Watchdog::new(Duration::from_millis(session_ms))
+        });
         Ok(Box::new(KafkaConsumer {
             inner: Arc::new(consumer),
             topic: topic.to_string(),
             partitions,
+            watchdog,
         }))
     }
 }
+
+/// librdkafka's default `session.timeout.ms`.
+const DEFAULT_SESSION_TIMEOUT_MS: u64 = 45_000;
 
 /// A member of a Kafka consumer group.
 struct KafkaConsumer {
@@ -296,11 +312,145 @@ struct KafkaConsumer {
     topic: String,
     /// The topic's partition count (for a rewind).
     partitions: u32,
+    /// For a subscribed member: watches the partitions it does not own.
+    watchdog: Option<Watchdog>,
+}
+
+/// Watches the partitions of the topic that this member does not own. One whose committed
+/// offset has not moved, while events wait on it, for three session timeouts has no live owner:
+/// a correct broker would have moved it to a member long before. Some brokers do not (Tansu
+/// 0.6.0 evicts a dead member but then gives the survivors their old assignment back), so the
+/// member then joins the group again, which makes the broker assign every partition anew.
+struct Watchdog {
+    /// Between two looks.
+    every: Duration,
+    /// How long a partition may wait without progress.
+    stalled_after: Duration,
+    next_look: std::time::Instant,
+    /// Per partition not owned here: its committed offset, and since when it has not moved.
+    waiting: std::collections::HashMap<i32, (i64, std::time::Instant)>,
+}
+
+impl Watchdog {
+    fn new(session_timeout: Duration) -> Self {
+        Self {
+            every: (session_timeout / 2).max(Duration::from_secs(1)),
+            stalled_after: session_timeout * 3,
+            next_look: std::time::Instant::now() + session_timeout,
+            waiting: std::collections::HashMap::new(),
+        }
+    }
+
+    /// The partitions stalled now, from this member's assignment, the group's committed
+    /// offsets and the partitions' end offsets (a blocking look at the broker).
+    fn stalled(
+        &mut self,
+        consumer: &StreamConsumer,
+        topic: &str,
+        partitions: u32,
+    ) -> Result<Vec<i32>> {
+        let owned: HashSet<i32> = consumer
+            .assignment()
+            .map_err(kafka_err("read the assignment"))?
+            .elements_for_topic(topic)
+            .iter()
+            .map(|e| e.partition())
+            .collect();
+        let mut list = TopicPartitionList::new();
+        for p in (0..partitions as i32).filter(|p| !owned.contains(p)) {
+            list.add_partition(topic, p);
+        }
+        if list.count() == 0 {
+            self.waiting.clear();
+            return Ok(Vec::new());
+        }
+        let committed = consumer
+            .committed_offsets(list, REQUEST_TIMEOUT)
+            .map_err(kafka_err(format!("read the committed offsets of {topic}")))?;
+        let now = std::time::Instant::now();
+        let mut stalled = Vec::new();
+        let mut seen = HashSet::new();
+        for element in committed.elements_for_topic(topic) {
+            let p = element.partition();
+            seen.insert(p);
+            let (low, high) = consumer
+                .fetch_watermarks(topic, p, REQUEST_TIMEOUT)
+                .map_err(kafka_err(format!("read the end offset of {topic}/{p}")))?;
+            let at = match element.offset() {
+                Offset::Offset(n) => n,
+                _ => low,
+            };
+            if at >= high {
+                self.waiting.remove(&p);
+                continue;
+            }
+            match self.waiting.get(&p) {
+                Some((was, since)) if *was == at => {
+                    if now.duration_since(*since) >= self.stalled_after {
+                        stalled.push(p);
+                    }
+                }
+                _ => {
+                    self.waiting.insert(p, (at, now));
+                }
+            }
+        }
+        self.waiting.retain(|p, _| seen.contains(p));
+        Ok(stalled)
+    }
+}
+
+impl KafkaConsumer {
+    /// Every `Watchdog::every`, look for partitions no member serves, and join the group again
+    /// if there are any.
+    async fn watch(&mut self) -> Result<()> {
+        let Some(mut watchdog) = self.watchdog.take() else {
+            return Ok(());
+        };
+        if std::time::Instant::now() < watchdog.next_look {
+            self.watchdog = Some(watchdog);
+            return Ok(());
+        }
+        let inner = self.inner.clone();
+        let topic = self.topic.clone();
+        let partitions = self.partitions;
+        let (mut watchdog, result) =
+            tokio::task::spawn_blocking(move || {
+                let result = watchdog.stalled(&inner, &topic, partitions).and_then(|stalled| {
+                if !stalled.is_empty() {
+                    tracing::warn!(
+                        topic = %topic,
+                        partitions = ?stalled,
+                        waited_s = watchdog.stalled_after.as_secs(),
+                        "partitions with events waiting have had no progress from any member: \
+                         joining the group again so that the broker assigns them"
+                    );
+                    inner.unsubscribe();
+                    inner
+                        .subscribe(&[topic.as_str()])
+                        .map_err(kafka_err(format!("subscribe to {topic} again")))?;
+                    watchdog.waiting.clear();
+                }
+                Ok(())
+            });
+                (watchdog, result)
+            })
+            .await
+            .map_err(|e| join_err("watch the group", e))?;
+        watchdog.next_look = std::time::Instant::now() + watchdog.every;
+        self.watchdog = Some(watchdog);
+        // A failed look is logged, not fatal: consuming goes on, and the next look tries again.
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "could not look at the group's partitions");
+        }
+        Ok(())
+    }
 }
 
 #[async_trait]
 impl LogConsumer for KafkaConsumer {
     async fn poll(&mut self, wait: Duration) -> Result<Option<Record>> {
+        self.watch().await?;
         match tokio::time::timeout(wait, self.inner.recv()).await {
             Err(_) => Ok(None),
             Ok(Err(e)) => Err(kafka_err(format!("consume {}", self.topic))(e)),
@@ -331,10 +481,23 @@ impl LogConsumer for KafkaConsumer {
             "commit {}/{}@{}",
             self.topic, position.partition, position.offset
         );
-        tokio::task::spawn_blocking(move || inner.commit(&offsets, CommitMode::Sync))
+        let result = tokio::task::spawn_blocking(move || inner.commit(&offsets, CommitMode::Sync))
             .await
-            .map_err(|e| join_err("commit", e))?
-            .map_err(kafka_err(context))
+            .map_err(|e| join_err("commit", e))?;
+        match result {
+            // The group moved the partition to another member meanwhile (a rebalance): that
+            // member starts from the last committed offset and does this work again, which the
+            // sinks' idempotent writes make harmless.
+            Err(KafkaError::ConsumerCommit(
+                code @ (RDKafkaErrorCode::RebalanceInProgress
+                | RDKafkaErrorCode::IllegalGeneration
+                | RDKafkaErrorCode::UnknownMemberId),
+            )) => {
+                tracing::warn!(%context, error = %code, "offset not committed: the partition moved to another member, which does this work again");
+                Ok(())
+            }
+            other => other.map_err(kafka_err(context)),
+        }
     }
 
     async fn rewind(&mut self) -> Result<()> {
