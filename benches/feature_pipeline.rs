@@ -61,13 +61,18 @@ impl std::fmt::Display for Usage {
 
 async fn bench(docs: usize) {
     let server = FixtureServer::start().await.expect("server");
-    let (bodies, origin) = bodies();
+    let corpus = twin_testkit::documents::corpus();
+    let origin = if twin_testkit::documents::corpus_file().exists() {
+        "the 76-article corpus"
+    } else {
+        "generated articles"
+    };
     let mut urls = Vec::with_capacity(docs);
     for i in 0..docs {
         let path = format!("/blog/article-{i}");
-        let body = &bodies[i % bodies.len()];
-        let copy = i / bodies.len();
-        server.put(&path, Route::html(page(i, copy, body)));
+        let article = &corpus[i % corpus.len()];
+        let copy = i / corpus.len();
+        server.put(&path, Route::html(page(i, copy, &article.content)));
         urls.push(server.url(&path));
     }
     println!(
@@ -212,13 +217,26 @@ fn run_pipeline(setup: &'static str, dir: &Path, env: &[(&str, &str)]) -> Run {
     Run {
         setup,
         documents: count("documents"),
-        chunks: count("chunks"),
+        chunks: warehouse_chunks(&stream),
         crawl_seconds,
         stream_seconds,
         points: 0,
         crawl_usage,
         stream_usage,
     }
+}
+
+/// The chunks the warehouse holds, from the stream's last line ("warehouse (...): N raw, N
+/// cleaned, N chunks"): each once, where the stream's own count also counts the chunks of
+/// documents cleaned again when their source's template changed.
+fn warehouse_chunks(stream: &str) -> u64 {
+    stream
+        .lines()
+        .find(|l| l.starts_with("warehouse ("))
+        .and_then(|l| l.rsplit(", ").next())
+        .and_then(|last| last.strip_suffix(" chunks"))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no warehouse line in the stream's summary:\n{stream}"))
 }
 
 /// Run the twin binary in `dir` with data in `dir/data` (under `/usr/bin/time` where there is
@@ -286,37 +304,11 @@ async fn points(config: &VectorStoreConfig, data_dir: &Path) -> u64 {
     total
 }
 
-/// Article texts: the shared corpus if present, else generated paragraphs.
-fn bodies() -> (Vec<String>, &'static str) {
-    let corpus = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/corpus/articles.json");
-    if let Ok(text) = std::fs::read_to_string(&corpus) {
-        if let Ok(serde_json::Value::Array(items)) = serde_json::from_str(&text) {
-            let bodies: Vec<String> = items
-                .iter()
-                .filter_map(|a| a["content"]["Content"].as_str().map(str::to_string))
-                .filter(|c| !c.trim().is_empty())
-                .collect();
-            if !bodies.is_empty() {
-                return (bodies, "the 76-article corpus");
-            }
-        }
-    }
-    let paragraph = "Streaming pipelines keep an LLM twin's knowledge fresh: crawled documents \
-                     become events, events become chunks, chunks become vectors. ";
-    (
-        (0..76)
-            .map(|i| format!("Article {i}.\n\n{}", paragraph.repeat(40)))
-            .collect(),
-        "generated text",
-    )
-}
-
-/// An article page; copy `copy` of a body has each paragraph marked as its own.
-fn page(i: usize, copy: usize, body: &str) -> String {
-    let paragraphs: String = body
-        .split("\n\n")
-        .filter(|p| !p.trim().is_empty())
-        .map(|p| format!("<p>{} (edition {copy})</p>\n", escape(p.trim())))
+/// An article page of a corpus article's paragraphs; copy `copy` has each marked as its own.
+fn page(i: usize, copy: usize, blocks: &[twin_schemas::ContentBlock]) -> String {
+    let paragraphs: String = blocks
+        .iter()
+        .map(|b| format!("<p>{} (edition {copy})</p>\n", escape(b.text.trim())))
         .collect();
     format!(
         "<!doctype html><html><head><title>Article {i}</title>\

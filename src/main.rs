@@ -794,7 +794,6 @@ async fn run(cli: Cli) -> Result<ExitCode> {
 
 /// Run one command on `config` (the demo runs its steps through here too).
 async fn dispatch(config: &TwinConfig, command: Command) -> Result<ExitCode> {
-    let config = config.clone();
     match command {
         Command::Demo(_) | Command::Up(_) => {
             anyhow::bail!("`twin demo` and `twin up` do not run inside another command")
@@ -806,13 +805,13 @@ async fn dispatch(config: &TwinConfig, command: Command) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Run => {
-            let log = twin_eventlog::open(&config)?;
-            log::print_topics(&config, log.as_ref()).await?;
+            let log = twin_eventlog::open(config)?;
+            log::print_topics(config, log.as_ref()).await?;
             println!();
-            let crawled = ingest::ingest(&config, log, true, None).await?;
+            let crawled = ingest::ingest(config, log, true, None).await?;
             println!("\nstreaming what the log holds...");
             let streamed =
-                stream::stream(&config, false, true, twin_stream::worker::DEFAULT_GROUP).await?;
+                stream::stream(config, false, true, twin_stream::worker::DEFAULT_GROUP).await?;
             // A failed source is reported above; the stream still ran over everything else.
             Ok(if crawled == ExitCode::SUCCESS {
                 streamed
@@ -824,13 +823,13 @@ async fn dispatch(config: &TwinConfig, command: Command) -> Result<ExitCode> {
             rebuild,
             once,
             group,
-        } => stream::stream(&config, rebuild, once, &group).await,
-        Command::Dlq { command } => stream::dlq(&config, command).await,
+        } => stream::stream(config, rebuild, once, &group).await,
+        Command::Dlq { command } => stream::dlq(config, command).await,
         Command::Log {
             command: LogCommand::Topics,
         } => {
-            let log = twin_eventlog::open(&config)?;
-            log::print_topics(&config, log.as_ref()).await?;
+            let log = twin_eventlog::open(config)?;
+            log::print_topics(config, log.as_ref()).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Log {
@@ -842,21 +841,21 @@ async fn dispatch(config: &TwinConfig, command: Command) -> Result<ExitCode> {
                     follow,
                 },
         } => {
-            let log = twin_eventlog::open(&config)?;
+            let log = twin_eventlog::open(config)?;
             log::tail(log.as_ref(), &topic, group.as_deref(), max, follow).await
         }
-        Command::Models { command } => models::models(&config, command).await,
+        Command::Models { command } => models::models(config, command).await,
         Command::Ingest { once, source } => {
-            let log = twin_eventlog::open(&config)?;
-            ingest::ingest(&config, log, once, source.as_deref()).await
+            let log = twin_eventlog::open(config)?;
+            ingest::ingest(config, log, once, source.as_deref()).await
         }
-        Command::Snapshot { command } => snapshot::snapshot(&config, command).await,
-        Command::Dataset { command } => dataset::dataset(&config, command).await,
-        Command::Train(args) => train::train(&config, *args).await,
-        Command::Runs { command } => train::runs(&config, command).await,
-        Command::Generate(args) => generate::generate(&config, *args).await,
-        Command::Eval(args) => eval::eval(&config, *args).await,
-        Command::Serve(args) => serve::serve(&config, args).await,
-        Command::Traces { command } => serve::traces(&config, command).await,
+        Command::Snapshot { command } => snapshot::snapshot(config, command).await,
+        Command::Dataset { command } => dataset::dataset(config, command).await,
+        Command::Train(args) => train::train(config, *args).await,
+        Command::Runs { command } => train::runs(config, command).await,
+        Command::Generate(args) => generate::generate(config, *args).await,
+        Command::Eval(args) => eval::eval(config, *args).await,
+        Command::Serve(args) => serve::serve(config, args).await,
+        Command::Traces { command } => serve::traces(config, command).await,
     }
 }

@@ -22,17 +22,29 @@ enum Role {
     Serve,
 }
 
+/// Each role's name on the command line.
+const ROLES: [(&str, Role); 3] = [
+    ("ingest", Role::Ingest),
+    ("stream", Role::Stream),
+    ("serve", Role::Serve),
+];
+
+impl Role {
+    fn name(self) -> &'static str {
+        ROLES
+            .iter()
+            .find(|(_, r)| *r == self)
+            .map_or("", |(n, _)| n)
+    }
+}
+
 fn parse_roles(text: &str) -> Result<BTreeSet<Role>> {
     let mut roles = BTreeSet::new();
     for name in text.split(',').map(str::trim).filter(|n| !n.is_empty()) {
-        roles.insert(match name {
-            "ingest" => Role::Ingest,
-            "stream" => Role::Stream,
-            "serve" => Role::Serve,
-            other => {
-                bail!("--roles: unknown role {other:?}; the roles are ingest, stream and serve")
-            }
-        });
+        let Some((_, role)) = ROLES.iter().find(|(n, _)| *n == name) else {
+            bail!("--roles: unknown role {name:?}; the roles are ingest, stream and serve")
+        };
+        roles.insert(*role);
     }
     if roles.is_empty() {
         bail!("--roles names no role; the roles are ingest, stream and serve");
@@ -56,14 +68,7 @@ pub async fn up(config: &TwinConfig, args: UpArgs) -> Result<ExitCode> {
              --roles ingest,stream"
         );
     }
-    let names: Vec<&str> = roles
-        .iter()
-        .map(|r| match r {
-            Role::Ingest => "ingest",
-            Role::Stream => "stream",
-            Role::Serve => "serve",
-        })
-        .collect();
+    let names: Vec<&str> = roles.iter().map(|r| r.name()).collect();
     println!("twin up: {}", names.join(", "));
 
     let stop = CancellationToken::new();

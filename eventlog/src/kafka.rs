@@ -398,48 +398,52 @@ impl Watchdog {
         self.waiting.retain(|p, _| seen.contains(p));
         Ok(stalled)
     }
+
+    /// Join the group again if a partition has stalled (a blocking look at the broker).
+    fn look(&mut self, consumer: &StreamConsumer, topic: &str, partitions: u32) -> Result<()> {
+        let stalled = self.stalled(consumer, topic, partitions)?;
+        if stalled.is_empty() {
+            return Ok(());
+        }
+        tracing::warn!(
+            topic,
+            partitions = ?stalled,
+            waited_s = self.stalled_after.as_secs(),
+            "partitions with events waiting have had no progress from any member: joining the \
+             group again so that the broker assigns them"
+        );
+        consumer.unsubscribe();
+        consumer
+            .subscribe(&[topic])
+            .map_err(kafka_err(format!("subscribe to {topic} again")))?;
+        self.waiting.clear();
+        Ok(())
+    }
 }
 
 impl KafkaConsumer {
     /// Every `Watchdog::every`, look for partitions no member serves, and join the group again
-    /// if there are any.
+    /// if there are any. A failed look is logged, not fatal: consuming goes on, and the next
+    /// look tries again.
     async fn watch(&mut self) -> Result<()> {
+        match &self.watchdog {
+            Some(w) if std::time::Instant::now() >= w.next_look => {}
+            _ => return Ok(()),
+        }
         let Some(mut watchdog) = self.watchdog.take() else {
             return Ok(());
         };
-        if std::time::Instant::now() < watchdog.next_look {
-            self.watchdog = Some(watchdog);
-            return Ok(());
-        }
         let inner = self.inner.clone();
         let topic = self.topic.clone();
         let partitions = self.partitions;
-        let (mut watchdog, result) =
-            tokio::task::spawn_blocking(move || {
-                let result = watchdog.stalled(&inner, &topic, partitions).and_then(|stalled| {
-                if !stalled.is_empty() {
-                    tracing::warn!(
-                        topic = %topic,
-                        partitions = ?stalled,
-                        waited_s = watchdog.stalled_after.as_secs(),
-                        "partitions with events waiting have had no progress from any member: \
-                         joining the group again so that the broker assigns them"
-                    );
-                    inner.unsubscribe();
-                    inner
-                        .subscribe(&[topic.as_str()])
-                        .map_err(kafka_err(format!("subscribe to {topic} again")))?;
-                    watchdog.waiting.clear();
-                }
-                Ok(())
-            });
-                (watchdog, result)
-            })
-            .await
-            .map_err(|e| join_err("watch the group", e))?;
+        let (mut watchdog, result) = tokio::task::spawn_blocking(move || {
+            let result = watchdog.look(&inner, &topic, partitions);
+            (watchdog, result)
+        })
+        .await
+        .map_err(|e| join_err("watch the group", e))?;
         watchdog.next_look = std::time::Instant::now() + watchdog.every;
         self.watchdog = Some(watchdog);
-        // A failed look is logged, not fatal: consuming goes on, and the next look tries again.
         if let Err(e) = result {
             tracing::warn!(error = %e, "could not look at the group's partitions");
         }

@@ -353,7 +353,7 @@ async fn serve_and_ask(config: &TwinConfig, args: &DemoArgs) -> Result<bool> {
         crate::serve::serve_until(
             &server_config,
             crate::ServeArgs {
-                model: Some(MODEL_NAME.into()),
+                model: None,
                 address: None,
             },
             None,
