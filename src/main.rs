@@ -207,7 +207,8 @@ pub enum ModelsCommand {
     Pull,
     /// Export the configured model's safetensors weights to ONNX.
     Export {
-        /// Where to write the ONNX file [default: DATA_DIR/models/MODEL/model.onnx].
+        /// Where to write the ONNX file [default: DATA_DIR/models/MODEL/model.PRECISION.v2.onnx,
+        /// at `embedding.precision`].
         #[arg(long, value_name = "FILE")]
         out: Option<PathBuf>,
     },

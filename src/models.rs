@@ -21,13 +21,19 @@ pub async fn models(config: &TwinConfig, command: ModelsCommand) -> Result<ExitC
         }
         ModelsCommand::Export { out } => {
             let files = twin_embedding::model_files(settings, &config.data_dir).await?;
-            let out =
-                out.unwrap_or_else(|| config.layout().models().join(&files.id).join("model.onnx"));
-            let summary = files.export(&out)?;
+            let out = out.unwrap_or_else(|| {
+                config
+                    .layout()
+                    .models()
+                    .join(&files.id)
+                    .join(twin_embedding::model::onnx_file_name(settings.precision))
+            });
+            let summary = files.export(&out, settings.precision)?;
             println!(
-                "{} exported to {}: {} layers, {} dimensions, {} parameters, {} bytes",
+                "{} exported to {} ({}): {} layers, {} dimensions, {} parameters, {} bytes",
                 files.id,
                 out.display(),
+                twin_embedding::bert::precision_name(settings.precision),
                 summary.layers,
                 summary.hidden_size,
                 summary.parameters,

@@ -21,12 +21,12 @@ use figment::Figment;
 pub use layout::DataLayout;
 pub use model::{
     AuthorConfig, ChunkRule, ChunkingConfig, ClickHouseConfig, DatasetsConfig, DpoConfig,
-    EmbeddedLogConfig, EmbeddingConfig, EvaluationConfig, GenerationConfig, GeneratorConfig,
-    GithubConfig, HttpConfig, IngestConfig, KafkaConfig, LogBackend, LogConfig, LoraConfig,
-    LrSchedule, MetricsConfig, QdrantConfig, RemoteModelConfig, RerankerConfig, ServingConfig,
-    SourceConfig, StreamConfig, StructuredOutput, TemplateConfig, TopicNames, TrainingConfig,
-    TrainingMethod, TwinConfig, VectorStoreBackend, VectorStoreConfig, WarehouseBackend,
-    WarehouseConfig,
+    EmbeddedLogConfig, EmbeddingConfig, EmbeddingPrecision, EvaluationConfig, GenerationConfig,
+    GeneratorConfig, GithubConfig, HttpConfig, IngestConfig, KafkaConfig, LogBackend, LogConfig,
+    LoraConfig, LrSchedule, MetricsConfig, QdrantConfig, RemoteModelConfig, RerankerConfig,
+    ServingConfig, SourceConfig, StreamConfig, StructuredOutput, TemplateConfig, TopicNames,
+    TrainingConfig, TrainingMethod, TwinConfig, VectorStoreBackend, VectorStoreConfig,
+    WarehouseBackend, WarehouseConfig,
 };
 
 /// The file read when none is named.
@@ -179,6 +179,21 @@ mod tests {
             .expect_err("bad method")
             .to_string();
         assert!(msg.contains("lora") && msg.contains("full"), "{msg}");
+    }
+
+    #[test]
+    fn embedding_precision_is_fp32_unless_int8_is_asked_for() {
+        let config = load_file("[embedding]\nworkers = 2\n").expect("valid");
+        assert_eq!(config.embedding.precision, EmbeddingPrecision::Fp32);
+        let config = load_file("[embedding]\nprecision = \"int8\"\n").expect("valid");
+        assert_eq!(config.embedding.precision, EmbeddingPrecision::Int8);
+        let msg = load_file("[embedding]\nprecision = \"int4\"\n")
+            .expect_err("unknown precision")
+            .to_string();
+        assert!(
+            msg.contains("int4") && msg.contains("fp32") && msg.contains("int8"),
+            "{msg}"
+        );
     }
 
     #[test]

@@ -284,6 +284,21 @@ pub struct EmbeddingConfig {
     pub max_batch_tokens: usize,
     /// Most texts in one batch.
     pub max_batch_size: usize,
+    /// Arithmetic of the encoder's matrix products: `fp32` (exact), or `int8` (weights quantized
+    /// to 8 bits by the exporter, activations quantized on the fly: faster, close to fp32).
+    pub precision: EmbeddingPrecision,
+}
+
+/// Arithmetic of the embedding encoder's matrix products.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EmbeddingPrecision {
+    /// 32-bit floats: the model as trained.
+    #[default]
+    Fp32,
+    /// 8-bit integer weights (per output column) and activations (per batch), dynamically
+    /// quantized; accumulation in 32-bit integers.
+    Int8,
 }
 
 impl Default for EmbeddingConfig {
@@ -300,6 +315,7 @@ impl Default for EmbeddingConfig {
             max_tokens: 256,
             max_batch_tokens: 512,
             max_batch_size: 64,
+            precision: EmbeddingPrecision::Fp32,
         }
     }
 }

@@ -1,11 +1,11 @@
 #!/usr/bin/env python3
 """Python baseline for the embedding benchmark: the way fastembed runs an ONNX embedding model.
 
-onnxruntime + tokenizers from PyPI, batches of 32 in the given order, padded to the longest in
+onnxruntime + tokenizers from PyPI, batches of 32 (or BATCH) in the given order, padded to the longest in
 the batch, truncated to 256 tokens, mean pooling over the attention mask and L2 normalisation in
 numpy. Same ONNX file and thread count as the Rust side.
 
-    python3 baseline.py MODEL.onnx TOKENIZER.json CHUNKS.json THREADS OUT.npy
+    python3 baseline.py MODEL.onnx TOKENIZER.json CHUNKS.json THREADS OUT.npy [BATCH]
 
 Prints {"seconds": ..., "chunks": ...} as JSON; writes the embeddings to OUT.npy.
 """
@@ -22,6 +22,7 @@ BATCH = 32
 
 def main():
     model, tokenizer_path, chunks_path, threads, out = sys.argv[1:6]
+    batch = int(sys.argv[6]) if len(sys.argv) > 6 else BATCH
     chunks = json.load(open(chunks_path))
     tokenizer = Tokenizer.from_file(tokenizer_path)
     tokenizer.enable_truncation(max_length=256)
@@ -41,9 +42,9 @@ def main():
         pooled = (hidden * weights).sum(1) / np.clip(weights.sum(1), 1e-9, None)
         return pooled / np.linalg.norm(pooled, axis=1, keepdims=True)
 
-    embed(chunks[:BATCH])  # warm-up, as the Rust side does
+    embed(chunks[:batch])  # warm-up, as the Rust side does
     start = time.perf_counter()
-    vectors = [embed(chunks[i : i + BATCH]) for i in range(0, len(chunks), BATCH)]
+    vectors = [embed(chunks[i : i + batch]) for i in range(0, len(chunks), batch)]
     seconds = time.perf_counter() - start
     np.save(out, np.concatenate(vectors))
     print(json.dumps({"seconds": seconds, "chunks": len(chunks)}))

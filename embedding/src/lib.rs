@@ -2,8 +2,8 @@
 //!
 //! - [`model`]: where a model's files come from: a configured folder, the local caches, or a
 //!   Hugging Face Hub endpoint ([`model::pull`]); and its ONNX file, exported on first use.
-//! - [`bert`]: export of a BERT encoder checkpoint (safetensors) to an ONNX graph (written with
-//!   `twin-onnx`'s graph builder).
+//! - [`bert`]: export of a BERT encoder checkpoint (safetensors) to an ONNX graph of ONNX
+//!   Runtime's fused operators, in fp32 or int8 (written with `twin-onnx`'s graph builder).
 //! - [`embedder`]: tokenisation, batching by token budget, ONNX Runtime, mean pooling and L2
 //!   normalisation, as sentence-transformers computes them.
 //!
@@ -108,6 +108,8 @@ pub async fn open_cross_encoder(
     let located = EmbeddingConfig {
         model: reranker.model.clone(),
         model_dir: reranker.model_dir.clone(),
+        // The re-ranker's precision was not measured at int8: it stays exact.
+        precision: twin_config::EmbeddingPrecision::Fp32,
         ..embedding.clone()
     };
     let (files, onnx, runtime) = exported(&located, data_dir).await?;
@@ -130,7 +132,8 @@ async fn exported(
     let files = model_files(config, data_dir).await?;
     let models = twin_config::DataLayout::new(data_dir).models();
     let export_files = files.clone();
-    let onnx = tokio::task::spawn_blocking(move || export_files.onnx(&models))
+    let precision = config.precision;
+    let onnx = tokio::task::spawn_blocking(move || export_files.onnx(&models, precision))
         .await
         .map_err(|e| EmbeddingError::Worker(format!("export task failed: {e}")))??;
     let library = config

@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 
 use tracing::info;
 
+use twin_config::EmbeddingPrecision;
+
 use crate::bert::{self, ExportSummary};
 use crate::EmbeddingError;
 
@@ -70,24 +72,49 @@ impl ModelFiles {
             .find_map(|dir| Self::at(id, dir).ok()))
     }
 
-    /// The ONNX file next to the weights, exported now if it is missing or older than them.
-    pub fn onnx(&self, cache_dir: &Path) -> Result<PathBuf, EmbeddingError> {
-        let out = cache_dir.join(&self.id).join("model.onnx");
+    /// The ONNX file of the weights at `precision` under `cache_dir`, exported now if it is
+    /// missing or older than the weights.
+    pub fn onnx(
+        &self,
+        cache_dir: &Path,
+        precision: EmbeddingPrecision,
+    ) -> Result<PathBuf, EmbeddingError> {
+        let dir = cache_dir.join(&self.id);
+        let out = dir.join(onnx_file_name(precision));
         let weights = self.dir.join("model.safetensors");
         let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
         let fresh = matches!((modified(&out), modified(&weights)), (Some(o), Some(w)) if o >= w);
         if !fresh {
-            let summary = self.export(&out)?;
+            let summary = self.export(&out, precision)?;
             info!(model = %self.id, path = %out.display(), layers = summary.layers,
-                  parameters = summary.parameters, "exported ONNX model");
+                  parameters = summary.parameters, precision = bert::precision_name(precision),
+                  "exported ONNX model");
+            // The first format's file (standard operators), which nothing reads any more.
+            let _ = std::fs::remove_file(dir.join("model.onnx"));
         }
         Ok(out)
     }
 
-    /// Export the weights to an ONNX file at `out`.
-    pub fn export(&self, out: &Path) -> Result<ExportSummary, EmbeddingError> {
-        bert::export(&self.dir, out)
+    /// Export the weights to an ONNX file at `out`, its matrix products at `precision`.
+    pub fn export(
+        &self,
+        out: &Path,
+        precision: EmbeddingPrecision,
+    ) -> Result<ExportSummary, EmbeddingError> {
+        bert::export(&self.dir, out, precision)
     }
+}
+
+/// The version of what [`bert::export`] writes, in the file's name, so that a file written by
+/// an earlier version is exported again rather than loaded. 2: fused `com.microsoft` operators.
+pub const EXPORT_FORMAT: u32 = 2;
+
+/// The name of the exported ONNX file at `precision`, e.g. `model.fp32.v2.onnx`.
+pub fn onnx_file_name(precision: EmbeddingPrecision) -> String {
+    format!(
+        "model.{}.v{EXPORT_FORMAT}.onnx",
+        bert::precision_name(precision)
+    )
 }
 
 pub use twin_onnx::{default_library as default_runtime_library, tool_cache, ONNXRUNTIME_VERSION};

@@ -9,6 +9,7 @@
 
 use std::path::PathBuf;
 use std::process::Command;
+use twin_config::EmbeddingPrecision;
 
 use twin_embedding::model::{default_runtime_library, tool_cache};
 use twin_embedding::{CrossEncoder, CrossEncoderOptions, EmbeddingError, ModelFiles};
@@ -47,7 +48,9 @@ fn a_cross_encoder_exported_by_us_scores_pairs_as_transformers_does() {
 
     let files = ModelFiles::at("test/cross-encoder", &checkpoint).expect("files");
     let onnx = dir.path().join("onnx/model.onnx");
-    let summary = files.export(&onnx).expect("export");
+    let summary = files
+        .export(&onnx, EmbeddingPrecision::Fp32)
+        .expect("export");
     assert_eq!(summary.labels, 1, "one logit per pair");
     let runtime = twin_onnx::environment(&default_runtime_library()).expect("onnx runtime");
     let options = CrossEncoderOptions {
@@ -99,7 +102,9 @@ fn an_embedding_model_is_not_a_cross_encoder() {
     let dir = tempfile::tempdir().expect("tempdir");
     let files = ModelFiles::at(ENCODER, encoder_dir())
         .unwrap_or_else(|e| panic!("{e} (run scripts/setup.sh: it installs the weights)"));
-    let onnx = files.onnx(dir.path()).expect("export");
+    let onnx = files
+        .onnx(dir.path(), EmbeddingPrecision::Fp32)
+        .expect("export");
     let runtime = twin_onnx::environment(&default_runtime_library()).expect("onnx runtime");
     let err = CrossEncoder::load(runtime, &files, &onnx, CrossEncoderOptions::default())
         .err()

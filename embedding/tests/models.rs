@@ -6,6 +6,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use twin_config::EmbeddingPrecision;
 
 use twin_embedding::model::{pull, tool_cache, REQUIRED_FILES};
 use twin_embedding::{EmbeddingError, ModelFiles};
@@ -183,7 +184,7 @@ fn export_names_the_missing_tensor() {
     );
     let files = ModelFiles::at(MODEL, dir.path()).expect("files");
     let err = files
-        .export(&dir.path().join("model.onnx"))
+        .export(&dir.path().join("model.onnx"), EmbeddingPrecision::Fp32)
         .expect_err("incomplete");
     assert!(
         err.to_string()
@@ -198,7 +199,7 @@ fn export_refuses_a_model_that_is_not_bert() {
     let dir = fake_model(r#"{"model_type": "gpt2", "n_embd": 768}"#, &[]);
     let err = ModelFiles::at(MODEL, dir.path())
         .expect("files")
-        .export(&dir.path().join("m.onnx"))
+        .export(&dir.path().join("m.onnx"), EmbeddingPrecision::Fp32)
         .expect_err("gpt2");
     let shown = err.to_string();
     assert!(shown.contains("config.json"), "{shown}");
@@ -212,7 +213,7 @@ fn export_refuses_a_tensor_of_the_wrong_shape() {
     );
     let err = ModelFiles::at(MODEL, dir.path())
         .expect("files")
-        .export(&dir.path().join("m.onnx"))
+        .export(&dir.path().join("m.onnx"), EmbeddingPrecision::Fp32)
         .expect_err("shape");
     assert!(
         err.to_string()

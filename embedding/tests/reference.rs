@@ -2,14 +2,19 @@
 //! computes all-MiniLM-L6-v2 in numpy straight from the safetensors weights (it reproduces the
 //! model card's published vector); its output is kept in `testdata/minilm_reference.json`.
 //!
+//! The int8 export is checked against the fp32 one on the real corpus: how close its vectors
+//! are, and how much of a search's top 10 it keeps.
+//!
 //! Needs the weights and ONNX Runtime that scripts/setup.sh installs into the tool cache.
 
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use serde::Deserialize;
+use twin_config::EmbeddingPrecision;
 use twin_embedding::model::{default_runtime_library, tool_cache};
 use twin_embedding::{Embedder, EmbedderOptions, ModelFiles};
+use twin_testkit::vectors::corpus_agreement;
 
 const MODEL: &str = "sentence-transformers/all-MiniLM-L6-v2";
 
@@ -48,7 +53,9 @@ fn embedder() -> &'static Embedder {
         .get_or_init(|| {
             let dir = tempfile::tempdir().expect("tempdir");
             let model = model();
-            let onnx = model.onnx(dir.path()).expect("export");
+            let onnx = model
+                .onnx(dir.path(), EmbeddingPrecision::Fp32)
+                .expect("export");
             let runtime = twin_onnx::environment(&default_runtime_library()).expect("onnx runtime");
             let options = EmbedderOptions {
                 max_batch_tokens: 1024,
@@ -62,9 +69,16 @@ fn embedder() -> &'static Embedder {
 
 /// An embedder of two single-threaded workers (and the folder of its ONNX export).
 fn two_workers(max_batch_tokens: usize) -> (tempfile::TempDir, Embedder) {
+    two_workers_at(max_batch_tokens, EmbeddingPrecision::Fp32)
+}
+
+fn two_workers_at(
+    max_batch_tokens: usize,
+    precision: EmbeddingPrecision,
+) -> (tempfile::TempDir, Embedder) {
     let model = model();
     let dir = tempfile::tempdir().expect("tempdir");
-    let onnx = model.onnx(dir.path()).expect("export");
+    let onnx = model.onnx(dir.path(), precision).expect("export");
     let runtime = twin_onnx::environment(&default_runtime_library()).expect("onnx runtime");
     let options = EmbedderOptions {
         workers: 2,
@@ -180,4 +194,83 @@ fn concurrent_single_queries_are_served_side_by_side_and_answered_right() {
             });
         }
     });
+}
+
+#[test]
+fn int8_embeddings_agree_with_fp32_on_the_corpus() {
+    let (fp32_dir, fp32) = two_workers_at(512, EmbeddingPrecision::Fp32);
+    let (int8_dir, int8) = two_workers_at(512, EmbeddingPrecision::Int8);
+    let size = |dir: &tempfile::TempDir, precision| {
+        let file = dir
+            .path()
+            .join(MODEL)
+            .join(twin_embedding::model::onnx_file_name(precision));
+        std::fs::metadata(file).expect("exported").len()
+    };
+    // The encoder's weights at one byte instead of four (the word embeddings stay fp32).
+    let (fp32_bytes, int8_bytes) = (
+        size(&fp32_dir, EmbeddingPrecision::Fp32),
+        size(&int8_dir, EmbeddingPrecision::Int8),
+    );
+    assert!(
+        int8_bytes * 10 < fp32_bytes * 7,
+        "{int8_bytes} vs {fp32_bytes} bytes"
+    );
+
+    let (agreed, passages, queries) = corpus_agreement(
+        |texts: &[&str]| fp32.embed(texts).expect("embed"),
+        |texts: &[&str]| int8.embed(texts).expect("embed"),
+        10,
+    );
+    eprintln!("int8 against fp32 over {passages} passages and {queries} title queries: {agreed:?}");
+    assert!(agreed.mean_cosine >= 0.99, "{agreed:?}");
+    assert!(agreed.min_cosine >= 0.95, "{agreed:?}");
+    assert!(agreed.recall >= 0.95, "recall@10 {agreed:?}");
+}
+
+#[test]
+fn the_export_writes_onnx_runtimes_fused_operators() {
+    use prost::Message;
+    use twin_onnx::proto::ModelProto;
+
+    let model = model();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let count = |precision| {
+        let path = model.onnx(dir.path(), precision).expect("export");
+        let bytes = std::fs::read(path).expect("read");
+        let graph = ModelProto::decode(bytes.as_slice())
+            .expect("an ONNX model")
+            .graph
+            .expect("a graph");
+        let mut ops = std::collections::BTreeMap::<String, usize>::new();
+        for node in graph.node {
+            *ops.entry(node.op_type).or_default() += 1;
+        }
+        ops
+    };
+    // Attention, embeddings and GELU fused as ONNX Runtime's transformer optimizer fuses them.
+    let fp32 = count(EmbeddingPrecision::Fp32);
+    for (op, n) in [
+        ("EmbedLayerNormalization", 1),
+        ("Attention", 6),
+        ("MatMul", 18),
+        ("LayerNormalization", 12),
+        ("BiasGelu", 6),
+    ] {
+        assert_eq!(fp32.get(op), Some(&n), "{op} in {fp32:?}");
+    }
+    assert!(!fp32.contains_key("Softmax") && !fp32.contains_key("Erf"));
+    assert!(
+        !fp32.contains_key("SkipLayerNormalization"),
+        "slower on CPU"
+    );
+    let int8 = count(EmbeddingPrecision::Int8);
+    for (op, n) in [
+        ("QAttention", 6),
+        ("DynamicQuantizeMatMul", 6),
+        ("MatMulNBits", 12),
+    ] {
+        assert_eq!(int8.get(op), Some(&n), "{op} in {int8:?}");
+    }
+    assert!(!int8.contains_key("MatMul") && !int8.contains_key("Attention"));
 }

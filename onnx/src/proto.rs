@@ -1,6 +1,6 @@
 //! The part of the ONNX format (`onnx.proto`, IR version 8) that our exports need (the BERT
 //! encoder, the decoders with a key/value cache), as prost messages, and a small builder for
-//! graphs of standard operators, with external data for weights over protobuf's 2 GB.
+//! graphs of standard operators and ONNX Runtime's `com.microsoft` ones, with external data for weights over protobuf's 2 GB.
 //!
 //! Field numbers follow `onnx/onnx.proto`. Only the fields written here are declared: protobuf
 //! readers ignore what they do not know, and ONNX Runtime reads exactly these.
@@ -9,6 +9,12 @@ use prost::Message;
 
 /// `TensorProto.DataType.FLOAT`.
 pub const FLOAT: i32 = 1;
+/// `TensorProto.DataType.UINT8`.
+pub const UINT8: i32 = 2;
+/// `TensorProto.DataType.INT8`.
+pub const INT8: i32 = 3;
+/// `TensorProto.DataType.INT32`.
+pub const INT32: i32 = 6;
 /// `TensorProto.DataType.INT64`.
 pub const INT64: i32 = 7;
 /// `TensorProto.DataType.BOOL`.
@@ -204,7 +210,13 @@ pub struct GraphBuilder {
     pub graph: GraphProto,
     counter: usize,
     external: Option<ExternalData>,
+    /// Whether a node of ONNX Runtime's `com.microsoft` domain was added (the model must then
+    /// import that operator set).
+    uses_microsoft: bool,
 }
+
+/// ONNX Runtime's own operator domain (fused transformer operators, quantized MatMul).
+pub const MICROSOFT_DOMAIN: &str = "com.microsoft";
 
 /// Weights written to a file beside the model as they are added, so that a graph over 2 GB (the
 /// protobuf limit) can be written, and without holding the weights twice in memory.
@@ -301,6 +313,17 @@ impl GraphBuilder {
         self.initializer(name, dims, INT64, raw)
     }
 
+    /// Add a uint8 initializer (quantized weights).
+    pub fn u8s(&mut self, name: &str, dims: &[i64], data: &[u8]) -> String {
+        self.initializer(name, dims, UINT8, data.to_vec())
+    }
+
+    /// Add an int8 initializer (quantized weights).
+    pub fn i8s(&mut self, name: &str, dims: &[i64], data: &[i8]) -> String {
+        let raw = data.iter().map(|v| v.to_le_bytes()[0]).collect();
+        self.initializer(name, dims, INT8, raw)
+    }
+
     /// Add a float constant under a generated name.
     pub fn constant_f32(&mut self, dims: &[i64], data: &[f32]) -> String {
         self.counter += 1;
@@ -350,18 +373,47 @@ impl GraphBuilder {
         attribute: Vec<AttributeProto>,
         outputs: usize,
     ) -> Vec<String> {
+        self.node_outputs_in("", op, inputs, attribute, outputs)
+    }
+
+    /// Add a node of ONNX Runtime's `com.microsoft` domain with one output (an empty input name
+    /// skips an optional input); returns the output's generated name.
+    pub fn microsoft_node(
+        &mut self,
+        op: &str,
+        inputs: &[&str],
+        attributes: Vec<AttributeProto>,
+    ) -> String {
+        let mut outputs = self.microsoft_node_outputs(op, inputs, attributes, 1);
+        outputs.remove(0)
+    }
+
+    /// Add a node of ONNX Runtime's `com.microsoft` domain with `outputs` outputs; returns their
+    /// generated names.
+    pub fn microsoft_node_outputs(
+        &mut self,
+        op: &str,
+        inputs: &[&str],
+        attribute: Vec<AttributeProto>,
+        outputs: usize,
+    ) -> Vec<String> {
+        self.uses_microsoft = true;
+        self.node_outputs_in(MICROSOFT_DOMAIN, op, inputs, attribute, outputs)
+    }
+
+    fn node_outputs_in(
+        &mut self,
+        domain: &str,
+        op: &str,
+        inputs: &[&str],
+        attribute: Vec<AttributeProto>,
+        outputs: usize,
+    ) -> Vec<String> {
         self.counter += 1;
-        let names: Vec<String> = (0..outputs)
+        let names: Vec<String> = (0..outputs.max(1))
             .map(|i| format!("{}_{}_{i}", op.to_ascii_lowercase(), self.counter))
             .collect();
-        self.graph.node.push(NodeProto {
-            input: inputs.iter().map(|s| s.to_string()).collect(),
-            output: names.clone(),
-            name: format!("node_{}", self.graph.node.len()),
-            op_type: op.to_string(),
-            domain: String::new(),
-            attribute,
-        });
+        self.push(domain, op, inputs, attribute, names.clone());
         names
     }
 
@@ -396,12 +448,23 @@ impl GraphBuilder {
         attribute: Vec<AttributeProto>,
         output: &str,
     ) {
+        self.push("", op, inputs, attribute, vec![output.to_string()]);
+    }
+
+    fn push(
+        &mut self,
+        domain: &str,
+        op: &str,
+        inputs: &[&str],
+        attribute: Vec<AttributeProto>,
+        output: Vec<String>,
+    ) {
         self.graph.node.push(NodeProto {
             input: inputs.iter().map(|s| s.to_string()).collect(),
-            output: vec![output.to_string()],
+            output,
             name: format!("node_{}", self.graph.node.len()),
             op_type: op.to_string(),
-            domain: String::new(),
+            domain: domain.to_string(),
             attribute,
         });
     }
@@ -428,12 +491,19 @@ impl GraphBuilder {
 
     /// A whole model around the graph, for opset `opset`.
     pub fn finish(self, opset: i64, doc: &str, metadata: &[(&str, String)]) -> Vec<u8> {
+        let mut opset_import = vec![OperatorSetIdProto {
+            domain: String::new(),
+            version: opset,
+        }];
+        if self.uses_microsoft {
+            opset_import.push(OperatorSetIdProto {
+                domain: MICROSOFT_DOMAIN.into(),
+                version: 1,
+            });
+        }
         ModelProto {
             ir_version: 8,
-            opset_import: vec![OperatorSetIdProto {
-                domain: String::new(),
-                version: opset,
-            }],
+            opset_import,
             producer_name: "twin".into(),
             producer_version: env!("CARGO_PKG_VERSION").into(),
             doc_string: doc.into(),

@@ -153,3 +153,30 @@ fn generated_articles() -> Vec<serde_json::Value> {
         })
         .collect()
 }
+
+/// The corpus cut for retrieval checks: passages of at most `words` words, each article cut on
+/// its own (its last passage shorter), and the articles' titles, to search them with.
+pub struct Passages {
+    /// Every article's passages, article after article.
+    pub passages: Vec<String>,
+    /// One query per article: its title.
+    pub titles: Vec<String>,
+}
+
+/// [`corpus`] cut into [`Passages`] of at most `words` words.
+pub fn corpus_passages(words: usize) -> Passages {
+    let documents = corpus();
+    let mut passages = Vec::new();
+    for document in &documents {
+        let text: Vec<&str> = document
+            .content
+            .iter()
+            .flat_map(|block| block.text.split_whitespace())
+            .collect();
+        passages.extend(text.chunks(words.max(1)).map(|piece| piece.join(" ")));
+    }
+    Passages {
+        passages,
+        titles: documents.into_iter().map(|d| d.title).collect(),
+    }
+}

@@ -7,8 +7,9 @@
 //!   process: the Tansu Kafka-protocol broker, a ClickHouse server, a Qdrant server.
 //! - [`fixture`]: a local HTTP server that plays the platforms the crawlers read.
 //! - [`documents`]: raw-document fixtures, and the 76-article corpus (or a generated one of the
-//!   same shape where the corpus is absent).
+//!   same shape where the corpus is absent), whole or cut into passages.
 //! - [`python`]: the Python reference environment (transformers, PEFT) of interop tests.
+//! - [`vectors`]: how closely two embedders agree (cosine, recall@k of their searches).
 //! - [`contract_suite!`]: runs one contract test suite against several backends.
 
 pub mod clickhouse;
@@ -18,6 +19,7 @@ pub mod process;
 pub mod python;
 pub mod qdrant;
 pub mod tansu;
+pub mod vectors;
 
 pub use fixture::{FixtureServer, Route, Seen};
 
