@@ -358,10 +358,28 @@ fn models_embed_prints_normalised_vectors_of_the_configured_model() {
         assert!((norm - 1.0).abs() < 1e-4, "{norm}");
     }
     // The ONNX file was exported into the data folder on first use.
-    assert!(dir
+    let models = dir
         .path()
-        .join(".twin/models/sentence-transformers/all-MiniLM-L6-v2/model.onnx")
-        .is_file());
+        .join(".twin/models/sentence-transformers/all-MiniLM-L6-v2");
+    assert!(models.join("model.fp32.v2.onnx").is_file());
+
+    // At int8 (from the environment), its own file, and vectors close to fp32's.
+    let out = twin(
+        dir.path(),
+        &["models", "embed", "Streaming pipelines in Rust."],
+        &[("TWIN_EMBEDDING__PRECISION", "int8")],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(models.join("model.int8.v2.onnx").is_file());
+    let int8: serde_json::Value = serde_json::from_str(stdout(&out).trim()).expect("json");
+    let cosine: f64 = int8["embedding"]
+        .as_array()
+        .expect("array")
+        .iter()
+        .zip(lines[0]["embedding"].as_array().expect("array"))
+        .map(|(a, b)| a.as_f64().expect("number") * b.as_f64().expect("number"))
+        .sum();
+    assert!((0.99..1.0).contains(&cosine), "cosine to fp32 {cosine}");
 
     let out = twin(
         dir.path(),
