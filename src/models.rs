@@ -33,7 +33,7 @@ pub async fn models(config: &TwinConfig, command: ModelsCommand) -> Result<ExitC
                 "{} exported to {} ({}): {} layers, {} dimensions, {} parameters, {} bytes",
                 files.id,
                 out.display(),
-                twin_embedding::bert::precision_name(settings.precision),
+                settings.precision.name(),
                 summary.layers,
                 summary.hidden_size,
                 summary.parameters,

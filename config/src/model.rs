@@ -301,6 +301,16 @@ pub enum EmbeddingPrecision {
     Int8,
 }
 
+impl EmbeddingPrecision {
+    /// Its name in `twin.toml`, in the exported file's name and in logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            EmbeddingPrecision::Fp32 => "fp32",
+            EmbeddingPrecision::Int8 => "int8",
+        }
+    }
+}
+
 impl Default for EmbeddingConfig {
     fn default() -> Self {
         Self {

@@ -24,7 +24,7 @@ use ort::session::Session;
 use ort::value::Tensor;
 use safetensors::{Dtype, SafeTensors};
 use serde::Deserialize;
-use tokenizers::{Tokenizer, TruncationParams};
+use tokenizers::TruncationParams;
 
 use crate::EmbeddingError;
 use twin_config::EmbeddingPrecision;
@@ -298,8 +298,6 @@ fn build(
     };
     for layer in 0..c.num_hidden_layers {
         let p = format!("encoder.layer.{layer}");
-        // Self-attention: Q, K and V projected by one matrix product, then every head, with the
-        // padding masked out (-10000 before the softmax, as BERT does).
         if probe {
             // Calibration reads what enters each layer's attention.
             e.g.output(
@@ -309,6 +307,8 @@ fn build(
                 &[Dim::Named("batch"), Dim::Named("sequence"), Dim::Fixed(hi)],
             );
         }
+        // Self-attention: Q, K and V projected by one matrix product, then every head, with the
+        // padding masked out (-10000 before the softmax, as BERT does).
         let attended = e.attention(layer, &x, &mask, h, heads)?;
         let projected = e.matmul(
             &format!("{p}.attention.output.dense"),
@@ -366,17 +366,9 @@ fn build(
         &[
             ("hidden_size", h.to_string()),
             ("num_hidden_layers", c.num_hidden_layers.to_string()),
-            ("precision", precision_name(precision).to_string()),
+            ("precision", precision.name().to_string()),
         ],
     ))
-}
-
-/// The name of a precision in file names and metadata.
-pub fn precision_name(precision: EmbeddingPrecision) -> &'static str {
-    match precision {
-        EmbeddingPrecision::Fp32 => "fp32",
-        EmbeddingPrecision::Int8 => "int8",
-    }
 }
 
 /// Writes the encoder layers' operators at one precision.
@@ -455,7 +447,7 @@ impl Encoder<'_, '_> {
         Ok(self.g.f32s(&format!("{prefix}.bias"), &[out as i64], &bias))
     }
 
-    /// The self-attention of layer `p` over `x`: one `Attention` operator (fp32), or the input
+    /// The self-attention of layer `layer` over `x`: one `Attention` operator (fp32), or the input
     /// quantized once and one `QAttention` (int8).
     fn attention(
         &mut self,
@@ -574,17 +566,13 @@ fn calibrate(
         .with_intra_threads(1)
         .map_err(|e| EmbeddingError::Runtime(e.into()))?
         .commit_from_memory(probe)?;
-    let path = model_dir.join("tokenizer.json");
-    let mut tokenizer = Tokenizer::from_file(&path).map_err(|e| EmbeddingError::Model {
-        path: path.clone(),
-        reason: e.to_string(),
-    })?;
-    tokenizer
-        .with_truncation(Some(TruncationParams {
+    let tokenizer = crate::embedder::tokenizer(
+        model_dir,
+        TruncationParams {
             max_length: 256,
             ..Default::default()
-        }))
-        .map_err(|e| EmbeddingError::Tokenizer(e.to_string()))?;
+        },
+    )?;
     let mut ranges: Vec<Vec<f32>> = vec![Vec::new(); layers];
     for paragraph in CALIBRATION_TEXT
         .split("\n\n")

@@ -57,7 +57,7 @@ impl CrossEncoder {
         options: CrossEncoderOptions,
     ) -> Result<Self, EmbeddingError> {
         let tokenizer = tokenizer(
-            model,
+            &model.dir,
             TruncationParams {
                 max_length: options.max_tokens,
                 strategy: TruncationStrategy::LongestFirst,

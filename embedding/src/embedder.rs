@@ -96,7 +96,7 @@ impl Embedder {
         options: EmbedderOptions,
     ) -> Result<Self, EmbeddingError> {
         let tokenizer = tokenizer(
-            model,
+            &model.dir,
             TruncationParams {
                 max_length: options.max_tokens,
                 ..Default::default()
@@ -226,13 +226,13 @@ impl Drop for Embedder {
     }
 }
 
-/// The tokenizer of `model`, truncating as `truncation` says and padding nothing (batches are
-/// padded by [`pad`]).
+/// The tokenizer of the model in `model_dir`, truncating as `truncation` says and padding
+/// nothing (batches are padded by [`pad`]).
 pub(crate) fn tokenizer(
-    model: &ModelFiles,
+    model_dir: &Path,
     truncation: TruncationParams,
 ) -> Result<Tokenizer, EmbeddingError> {
-    let path = model.dir.join("tokenizer.json");
+    let path = model_dir.join("tokenizer.json");
     let mut tokenizer = Tokenizer::from_file(&path).map_err(|e| EmbeddingError::Model {
         path: path.clone(),
         reason: e.to_string(),

@@ -87,7 +87,7 @@ impl ModelFiles {
         if !fresh {
             let summary = self.export(&out, precision)?;
             info!(model = %self.id, path = %out.display(), layers = summary.layers,
-                  parameters = summary.parameters, precision = bert::precision_name(precision),
+                  parameters = summary.parameters, precision = precision.name(),
                   "exported ONNX model");
             // The first format's file (standard operators), which nothing reads any more.
             let _ = std::fs::remove_file(dir.join("model.onnx"));
@@ -111,10 +111,7 @@ pub const EXPORT_FORMAT: u32 = 2;
 
 /// The name of the exported ONNX file at `precision`, e.g. `model.fp32.v2.onnx`.
 pub fn onnx_file_name(precision: EmbeddingPrecision) -> String {
-    format!(
-        "model.{}.v{EXPORT_FORMAT}.onnx",
-        bert::precision_name(precision)
-    )
+    format!("model.{}.v{EXPORT_FORMAT}.onnx", precision.name())
 }
 
 pub use twin_onnx::{default_library as default_runtime_library, tool_cache, ONNXRUNTIME_VERSION};
