@@ -96,6 +96,16 @@ fn judge(config: &TwinConfig, args: &EvalArgs) -> Result<Option<Judge>> {
 
 /// `twin eval`.
 pub async fn eval(config: &TwinConfig, args: EvalArgs) -> Result<ExitCode> {
+    evaluate(config, args).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `twin eval`, returning the recorded evaluations (in the order of the models) after printing
+/// them.
+pub async fn evaluate(
+    config: &TwinConfig,
+    args: EvalArgs,
+) -> Result<Vec<twin_evaluation::Evaluation>> {
     if args.format != "text" && args.format != "json" {
         bail!("--format must be `text` or `json`, not `{}`", args.format);
     }
@@ -162,5 +172,5 @@ pub async fn eval(config: &TwinConfig, args: EvalArgs) -> Result<ExitCode> {
         let (png, svg) = report::chart(&columns, out)?;
         eprintln!("charts: {} and {}", png.display(), svg.display());
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(results.into_iter().map(|(e, _)| e).collect())
 }

@@ -182,9 +182,18 @@ pub struct DemoArgs {
         default_value = "What should I do with the events my pipeline cannot read?"
     )]
     pub question: String,
-    /// Optimizer steps of the small model's training (a few minutes on 2 cores).
-    #[arg(long, default_value_t = 120)]
-    pub train_steps: u64,
+    /// Optimizer steps of the training [default: 12 fine-tuning SmolLM2 with LoRA, 120 from
+    /// scratch; a few minutes on 2 cores either way].
+    #[arg(long)]
+    pub train_steps: Option<u64>,
+    /// The pretrained base model to fine-tune, a GGUF file [default: SmolLM2-135M-Instruct, as
+    /// `scripts/setup.sh` installs it in the tool cache].
+    #[arg(long, value_name = "FILE.gguf")]
+    pub base_gguf: Option<PathBuf>,
+    /// Train a small Llama from scratch on the author's text instead (4 layers, its own
+    /// tokenizer): no pretrained model needed, but it cannot write.
+    #[arg(long)]
+    pub from_scratch: bool,
     /// Test samples evaluated.
     #[arg(long, default_value_t = 8)]
     pub eval_samples: usize,
@@ -232,6 +241,17 @@ pub enum ModelsCommand {
         /// `text` (one line of logits per position) or `json`.
         #[arg(long, default_value = "text")]
         format: String,
+    },
+    /// Import a GGUF model file (llama.cpp's format, as Ollama and LM Studio keep them) as a
+    /// Hugging Face checkpoint, and register it as a base model to fine-tune, export and serve.
+    /// Reads llama (Llama, SmolLM, Mistral) and qwen2 files, tensors F32, F16, BF16, Q8_0, Q4_0,
+    /// Q4_1, Q5_0, Q5_1, Q4_K, Q5_K and Q6_K (dequantized to f32), and the tokenizer in the file.
+    Import {
+        /// The `.gguf` file.
+        file: PathBuf,
+        /// The registry name [default: the file's name without `.gguf`].
+        #[arg(long)]
+        name: Option<String>,
     },
     /// The trained models of the registry, newest version of each name last.
     List,

@@ -4,7 +4,9 @@
 use std::io::Write;
 use std::process::ExitCode;
 
-use anyhow::{bail, Result};
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
 use tch::Device;
 use twin_config::TwinConfig;
 use twin_training::{export, job, registry, Batch};
@@ -99,12 +101,26 @@ pub async fn models(config: &TwinConfig, command: ModelsCommand) -> Result<ExitC
                 other => bail!("unknown --format {other:?}: use text or json"),
             }
         }
+        ModelsCommand::Import { file, name } => {
+            let entry = import_gguf(config, &file, name.as_deref())?;
+            println!("registered {} ({})", entry.reference(), entry.dir.display());
+        }
         ModelsCommand::List => {
             let entries = registry::list(&config.layout().registry())?;
             if entries.is_empty() {
                 println!("no trained model registered yet (twin train)");
             }
             for e in entries {
+                if e.lineage.kind == registry::IMPORTED {
+                    println!(
+                        "{:<24} {:<4} imported from {}  {}",
+                        e.reference(),
+                        "base",
+                        e.lineage.base,
+                        crate::snapshot::time(e.lineage.created_at)
+                    );
+                    continue;
+                }
                 println!(
                     "{:<24} {:<4} from {}  run {}  dataset {}  {}",
                     e.reference(),
@@ -200,4 +216,68 @@ pub async fn models(config: &TwinConfig, command: ModelsCommand) -> Result<ExitC
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Import a GGUF file as a Hugging Face checkpoint and register it as `name` (default: the file's
+/// stem). The checkpoint is written beside the registry first, so that a file that cannot be
+/// imported registers nothing.
+pub fn import_gguf(
+    config: &TwinConfig,
+    file: &Path,
+    name: Option<&str>,
+) -> Result<registry::Entry> {
+    let name = match name {
+        Some(name) => name.to_string(),
+        None => file
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .map(str::to_string)
+            .ok_or_else(|| anyhow::anyhow!("{}: give the model a --name", file.display()))?,
+    };
+    registry::check_name(&name)?;
+    let layout = config.layout();
+    let root = layout.registry();
+    std::fs::create_dir_all(&root).with_context(|| format!("creating {}", root.display()))?;
+    let staging = root.join(format!(".import-{name}.part"));
+    let _ = std::fs::remove_dir_all(&staging);
+    let started = std::time::Instant::now();
+    tracing::info!(file = %file.display(), name, "importing a GGUF model");
+    let imported = match twin_gguf::import(file, &staging) {
+        Ok(imported) => imported,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&staging);
+            return Err(e.into());
+        }
+    };
+    let types: Vec<String> = imported
+        .types
+        .iter()
+        .map(|(kind, n)| format!("{n} {kind}"))
+        .collect();
+    println!(
+        "{}: {} ({}), {} parameters from {} tensors ({}), dequantized to f32 in {:.1} s",
+        file.display(),
+        imported.name.as_deref().unwrap_or("unnamed"),
+        imported.model_type,
+        imported.parameters,
+        imported.types.values().sum::<usize>(),
+        types.join(", "),
+        started.elapsed().as_secs_f64()
+    );
+    let lineage = registry::Lineage {
+        kind: registry::IMPORTED.into(),
+        base: std::fs::canonicalize(file)
+            .unwrap_or_else(|_| file.to_path_buf())
+            .display()
+            .to_string(),
+        base_dir: None,
+        run_id: String::new(),
+        dataset: String::new(),
+        snapshot_id: None,
+        positions: Vec::new(),
+        created_at: twin_datasets::build::now_ms(),
+    };
+    let entry = registry::register(&root, &name, &staging, &lineage);
+    let _ = std::fs::remove_dir_all(&staging);
+    Ok(entry?)
 }

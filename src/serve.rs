@@ -107,9 +107,7 @@ pub async fn serve_until(
         retriever.with_reranker(Arc::new(reranker))
     };
     retriever.check_model().await?;
-    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new()
-        .install_recorder()
-        .context("installing the metrics recorder")?;
+    let recorder = prometheus()?;
     let name = std::path::Path::new(&model)
         .file_name()
         .map_or_else(|| model.clone(), |n| n.to_string_lossy().into_owned());
@@ -284,4 +282,18 @@ pub async fn traces(config: &TwinConfig, command: crate::TracesCommand) -> Resul
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The process's Prometheus recorder: installed by its first server and shared by the next (the
+/// metrics system takes one recorder per process, and the demo serves two models in turn).
+fn prometheus() -> Result<metrics_exporter_prometheus::PrometheusHandle> {
+    static HANDLE: std::sync::OnceLock<metrics_exporter_prometheus::PrometheusHandle> =
+        std::sync::OnceLock::new();
+    if let Some(handle) = HANDLE.get() {
+        return Ok(handle.clone());
+    }
+    let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .context("installing the metrics recorder")?;
+    Ok(HANDLE.get_or_init(|| handle).clone())
 }

@@ -651,22 +651,18 @@ fn snapshots_and_datasets_from_the_command_line() {
     );
 }
 
-/// The README's main command: the whole loop on the shipped sample author ends with an answer
-/// and its sources; a second run finds everything done and goes straight to the answer.
+/// The README's main command: the whole loop on the shipped sample author, fine-tuning the
+/// pretrained SmolLM2 with LoRA, ends with the base model's and the twin's answers and their
+/// sources, and the numbers say the twin writes like her: its perplexity on her test answers at
+/// most 0.6 of the base model's, its answers closer to hers, and its served answer no more
+/// surprising to the base model than her own passages. A second run finds everything done and
+/// goes straight to the answers.
 #[test]
-fn the_demo_runs_the_whole_loop_and_answers_with_sources() {
+fn the_demo_fine_tunes_smollm2_into_a_twin_that_writes_like_her() {
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("data");
     let data = data.to_str().expect("utf-8 path");
-    let args = [
-        "--data-dir",
-        data,
-        "demo",
-        "--train-steps",
-        "6",
-        "--eval-samples",
-        "2",
-    ];
+    let args = ["--data-dir", data, "demo"];
     let first = twin(dir.path(), &args, &[]);
     let text = stdout(&first);
     assert!(first.status.success(), "{text}\n{}", stderr(&first));
@@ -687,6 +683,10 @@ fn the_demo_runs_the_whole_loop_and_answers_with_sources() {
         "new, changed, unchanged, deleted, failed:\n{text}"
     );
     assert!(text.contains("documents: 18,"), "{text}");
+    assert!(
+        text.contains("registered smollm2-135m-instruct@v1"),
+        "{text}"
+    );
     assert!(text.contains("registered nora-twin@v1"), "{text}");
     assert!(text.contains("perplexity (lower is better)"), "{text}");
     let curve = Path::new(data).join("demo/loss.png");
@@ -697,38 +697,65 @@ fn the_demo_runs_the_whole_loop_and_answers_with_sources() {
         "no loss curve at {}",
         curve.display()
     );
-    // The served model answers, citing the article that answers the question first.
-    let answer = |text: &str| -> (String, Vec<String>) {
-        let at = text
-            .find("\nQ: ")
-            .unwrap_or_else(|| panic!("no question asked:\n{text}"));
-        let rest = &text[at..];
-        let said = rest
-            .split_once("A (nora-twin): ")
-            .map(|(_, a)| {
-                a.split("\nsources:")
-                    .next()
-                    .unwrap_or("")
-                    .trim()
-                    .to_string()
-            })
-            .unwrap_or_default();
-        let sources = rest
+    // The numbers of fine-tuning, as the demo prints them.
+    let numbers = |prefix: &str| -> Vec<f64> {
+        let line = text
             .lines()
+            .find(|l| l.trim_start().starts_with(prefix))
+            .unwrap_or_else(|| panic!("no line starting {prefix:?}:\n{text}"));
+        line[line.find(prefix).unwrap_or(0) + prefix.len()..]
+            .split_whitespace()
+            .filter_map(|w| w.trim_matches(|c| "(),:;".contains(c)).parse().ok())
+            .collect()
+    };
+    let perplexity = numbers("fine-tuning: perplexity of her test answers");
+    assert!(
+        perplexity[1] <= 0.6 * perplexity[0],
+        "the twin's perplexity on her test answers is not at most 0.6 of the base's: {perplexity:?}\n{text}"
+    );
+    let similarity = numbers("fine-tuning: similarity of the answers to hers");
+    assert!(
+        similarity[1] > similarity[0],
+        "the twin's answers are not closer to hers than the base model's: {similarity:?}"
+    );
+    // Under the base model: her passages' range, then the base's answer, then the twin's.
+    let surprise = numbers("perplexity under the base model (her own passages:");
+    let (highest, twins) = (surprise[1], surprise[surprise.len() - 1]);
+    assert!(
+        twins <= highest,
+        "the twin's answer ({twins}) is more surprising to the base model than any of her \
+         passages (at most {highest}): {surprise:?}\n{text}"
+    );
+    // Both models answered the question, citing the article that answers it first.
+    let answer = |text: &str, model: &str| -> String {
+        let label = format!("\nA ({model}");
+        let at = text
+            .find(&label)
+            .unwrap_or_else(|| panic!("no answer of {model}:\n{text}"));
+        let rest = &text[at..];
+        let said = rest.split_once("): ").map(|(_, a)| a).unwrap_or("");
+        said.split("\n\n").next().unwrap_or("").trim().to_string()
+    };
+    let sources = |text: &str| -> Vec<String> {
+        text.lines()
             .skip_while(|l| *l != "sources:")
             .skip(1)
             .take_while(|l| l.starts_with("  ["))
             .map(str::to_string)
-            .collect();
-        (said, sources)
+            .collect()
     };
-    let (said, sources) = answer(&text);
-    assert!(!said.is_empty(), "the model said nothing:\n{text}");
+    let twin_said = answer(&text, "nora-twin");
     assert!(
-        sources
+        twin_said.split_whitespace().count() >= 10,
+        "the twin said too little: {twin_said:?}"
+    );
+    assert!(!answer(&text, "smollm2-135m-instruct").is_empty(), "{text}");
+    let cited = sources(&text);
+    assert!(
+        cited
             .first()
             .is_some_and(|s| s.starts_with("  [1] Dead Letters Are Mail Too (http://127.0.0.1:")),
-        "{sources:?}"
+        "{cited:?}"
     );
 
     let second = twin(dir.path(), &args, &[]);
@@ -740,9 +767,9 @@ fn the_demo_runs_the_whole_loop_and_answers_with_sources() {
         again.contains("nora-twin@v1 was trained on dataset") && !again.contains("registered"),
         "{again}"
     );
-    assert_eq!(
-        answer(&again).1,
-        sources,
-        "the same sources the second time"
+    assert!(
+        again.contains("imported already: smollm2-135m-instruct@v1"),
+        "{again}"
     );
+    assert_eq!(sources(&again), cited, "the same sources the second time");
 }

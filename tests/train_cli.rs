@@ -837,3 +837,85 @@ fn eval_puts_the_base_and_the_fine_tuned_model_side_by_side() {
         "invalid `temperature`",
     );
 }
+
+fn gguf_file(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("gguf/tests/data")
+        .join(name)
+}
+
+/// `twin models import` of a Qwen2 GGUF file (written by the gguf package) registers a base
+/// model that `twin train --model NAME` fine-tunes; a truncated file is refused with where it
+/// ends, and nothing is registered.
+#[test]
+fn an_imported_gguf_model_is_registered_and_fine_tuned_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    samples(dir.path());
+    let source = gguf_file("tiny-qwen2.gguf");
+
+    // A truncated copy: an error naming the file and what was cut, and an empty registry.
+    let bytes = std::fs::read(&source).unwrap();
+    let cut = dir.path().join("cut.gguf");
+    std::fs::write(&cut, &bytes[..bytes.len() * 2 / 3]).unwrap();
+    let out = twin_command(dir.path(), &["models", "import", cut.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cut.gguf") && err.contains("truncated"),
+        "{err}"
+    );
+    let listed = twin(dir.path(), &["models", "list"]);
+    assert!(
+        stdout(&listed).contains("no trained model registered yet"),
+        "{}",
+        stdout(&listed)
+    );
+
+    let out = twin(
+        dir.path(),
+        &[
+            "models",
+            "import",
+            source.to_str().unwrap(),
+            "--name",
+            "tiny-qwen",
+        ],
+    );
+    let text = stdout(&out);
+    assert!(
+        text.contains("(qwen2)") && text.contains("registered tiny-qwen@v1"),
+        "{text}"
+    );
+    let listed = stdout(&twin(dir.path(), &["models", "list"]));
+    assert!(
+        listed.contains("tiny-qwen@v1")
+            && listed.contains("imported from")
+            && listed.contains("tiny-qwen2.gguf"),
+        "{listed}"
+    );
+
+    let out = twin(
+        dir.path(),
+        &[
+            "train",
+            "--dataset",
+            "samples",
+            "--model",
+            "tiny-qwen",
+            "--method",
+            "lora",
+            "--max-steps",
+            "3",
+            "--batch-size",
+            "4",
+            "--name",
+            "from-gguf",
+        ],
+    );
+    let text = stdout(&out);
+    assert!(text.contains("registered from-gguf@v1"), "{text}");
+    let show = stdout(&twin(dir.path(), &["models", "show", "from-gguf"]));
+    assert!(show.contains("\"base\": \"tiny-qwen\""), "{show}");
+}

@@ -84,3 +84,31 @@ pub fn perplexity(
         },
     ))
 }
+
+/// The perplexity of `model` on each of `texts` as plain text (no template; every token after
+/// the first counted): how expected a text is to that model. The demo scores the twin's answer
+/// under the base model with it, beside the author's own passages.
+pub fn text_perplexities(layout: &DataLayout, model: &str, texts: &[String]) -> Result<Vec<f64>> {
+    let (lm, dir) = job::load_model(layout, model, Device::cuda_if_available())?;
+    let tokenizer = tokenizer::load(&dir)?;
+    let context = lm.config.max_positions.max(2) as usize;
+    let pad = lm.config.eos_token_id.unwrap_or(0);
+    let mut scores = Vec::with_capacity(texts.len());
+    for text in texts {
+        let ids: Vec<i64> = twin_chat::checkpoint::encode(&tokenizer, text, false)
+            .map_err(twin_training::TrainingError::from)?
+            .into_iter()
+            .take(context)
+            .map(i64::from)
+            .collect();
+        if ids.len() < 2 {
+            scores.push(f64::NAN);
+            continue;
+        }
+        let targets = (0..ids.len()).map(|i| i > 0).collect();
+        let rows = data::rows(&[data::Example { ids, targets }], context, false);
+        let metrics = trainer::evaluate(&lm, &rows, 1, pad, 0);
+        scores.push(metrics.loss.exp());
+    }
+    Ok(scores)
+}

@@ -66,10 +66,7 @@ pub fn import_file(file: &GgufFile, out: &Path) -> Result<Imported> {
         .ok_or_else(|| meta_err("general.architecture", "is missing: which model is this?"))?
         .to_string();
     if !matches!(architecture.as_str(), "llama" | "qwen2") {
-        return Err(GgufError::UnsupportedArchitecture {
-            path,
-            architecture,
-        });
+        return Err(GgufError::UnsupportedArchitecture { path, architecture });
     }
     let arch = architecture.as_str();
     let int = |key: &str| -> Result<Option<u64>> {
@@ -90,11 +87,13 @@ pub fn import_file(file: &GgufFile, out: &Path) -> Result<Imported> {
         .get("tokenizer.ggml.tokens")
         .and_then(Value::as_array)
         .map(|t| t.len() as u64);
-    let embedding = file.tensor("token_embd.weight").ok_or_else(|| GgufError::Tensor {
-        path: path.clone(),
-        tensor: "token_embd.weight".into(),
-        reason: "is missing: every model has its token embedding".into(),
-    })?;
+    let embedding = file
+        .tensor("token_embd.weight")
+        .ok_or_else(|| GgufError::Tensor {
+            path: path.clone(),
+            tensor: "token_embd.weight".into(),
+            reason: "is missing: every model has its token embedding".into(),
+        })?;
     let shape = Shape {
         layers: required("block_count")?,
         hidden: required("embedding_length")?,
@@ -104,7 +103,11 @@ pub fn import_file(file: &GgufFile, out: &Path) -> Result<Imported> {
             .or(token_count)
             .unwrap_or_else(|| embedding.dims.get(1).copied().unwrap_or(0)),
     };
-    if shape.heads == 0 || shape.hidden % shape.heads != 0 || shape.kv_heads == 0 || shape.heads % shape.kv_heads != 0 {
+    if shape.heads == 0
+        || !shape.hidden.is_multiple_of(shape.heads)
+        || shape.kv_heads == 0
+        || !shape.heads.is_multiple_of(shape.kv_heads)
+    {
         return Err(meta_err(
             &format!("{arch}.attention.head_count"),
             &format!(
@@ -126,8 +129,9 @@ pub fn import_file(file: &GgufFile, out: &Path) -> Result<Imported> {
         return Err(GgufError::Tensor {
             path,
             tensor: "rope_freqs.weight".into(),
-            reason: "holds Llama 3.1-style rotary frequency factors, which twin does not import yet"
-                .into(),
+            reason:
+                "holds Llama 3.1-style rotary frequency factors, which twin does not import yet"
+                    .into(),
         });
     }
     let context = int("context_length")?.unwrap_or(2048);
@@ -157,7 +161,8 @@ pub fn import_file(file: &GgufFile, out: &Path) -> Result<Imported> {
         config["pad_token_id"] = json!(pad);
     }
     if let (Some(kind), Some(factor)) = (
-        file.get(&format!("{arch}.rope.scaling.type")).and_then(Value::as_str),
+        file.get(&format!("{arch}.rope.scaling.type"))
+            .and_then(Value::as_str),
         float("rope.scaling.factor"),
     ) {
         match kind {
@@ -200,11 +205,26 @@ pub fn import_file(file: &GgufFile, out: &Path) -> Result<Imported> {
     let permute = arch == "llama";
     let mut plan: Vec<(String, &TensorInfo, Option<u64>)> = Vec::new();
     let mut wanted: Vec<(String, String, Vec<usize>, Option<u64>)> = vec![
-        ("token_embd.weight".into(), "model.embed_tokens.weight".into(), vec![shape.vocab as usize, shape.hidden as usize], None),
-        ("output_norm.weight".into(), "model.norm.weight".into(), vec![shape.hidden as usize], None),
+        (
+            "token_embd.weight".into(),
+            "model.embed_tokens.weight".into(),
+            vec![shape.vocab as usize, shape.hidden as usize],
+            None,
+        ),
+        (
+            "output_norm.weight".into(),
+            "model.norm.weight".into(),
+            vec![shape.hidden as usize],
+            None,
+        ),
     ];
     if !tied {
-        wanted.push(("output.weight".into(), "lm_head.weight".into(), vec![shape.vocab as usize, shape.hidden as usize], None));
+        wanted.push((
+            "output.weight".into(),
+            "lm_head.weight".into(),
+            vec![shape.vocab as usize, shape.hidden as usize],
+            None,
+        ));
     }
     let ffn = required("feed_forward_length")? as usize;
     let (h, kv) = (shape.hidden as usize, (shape.kv_heads * head_dim) as usize);
@@ -214,15 +234,60 @@ pub fn import_file(file: &GgufFile, out: &Path) -> Result<Imported> {
         let q_perm = permute.then_some(shape.heads);
         let k_perm = permute.then_some(shape.kv_heads);
         wanted.extend([
-            (g("attn_norm.weight"), f("input_layernorm.weight"), vec![h], None),
-            (g("ffn_norm.weight"), f("post_attention_layernorm.weight"), vec![h], None),
-            (g("attn_q.weight"), f("self_attn.q_proj.weight"), vec![h, h], q_perm),
-            (g("attn_k.weight"), f("self_attn.k_proj.weight"), vec![kv, h], k_perm),
-            (g("attn_v.weight"), f("self_attn.v_proj.weight"), vec![kv, h], None),
-            (g("attn_output.weight"), f("self_attn.o_proj.weight"), vec![h, h], None),
-            (g("ffn_gate.weight"), f("mlp.gate_proj.weight"), vec![ffn, h], None),
-            (g("ffn_up.weight"), f("mlp.up_proj.weight"), vec![ffn, h], None),
-            (g("ffn_down.weight"), f("mlp.down_proj.weight"), vec![h, ffn], None),
+            (
+                g("attn_norm.weight"),
+                f("input_layernorm.weight"),
+                vec![h],
+                None,
+            ),
+            (
+                g("ffn_norm.weight"),
+                f("post_attention_layernorm.weight"),
+                vec![h],
+                None,
+            ),
+            (
+                g("attn_q.weight"),
+                f("self_attn.q_proj.weight"),
+                vec![h, h],
+                q_perm,
+            ),
+            (
+                g("attn_k.weight"),
+                f("self_attn.k_proj.weight"),
+                vec![kv, h],
+                k_perm,
+            ),
+            (
+                g("attn_v.weight"),
+                f("self_attn.v_proj.weight"),
+                vec![kv, h],
+                None,
+            ),
+            (
+                g("attn_output.weight"),
+                f("self_attn.o_proj.weight"),
+                vec![h, h],
+                None,
+            ),
+            (
+                g("ffn_gate.weight"),
+                f("mlp.gate_proj.weight"),
+                vec![ffn, h],
+                None,
+            ),
+            (
+                g("ffn_up.weight"),
+                f("mlp.up_proj.weight"),
+                vec![ffn, h],
+                None,
+            ),
+            (
+                g("ffn_down.weight"),
+                f("mlp.down_proj.weight"),
+                vec![h, ffn],
+                None,
+            ),
         ]);
         if arch == "qwen2" {
             wanted.extend([
@@ -237,7 +302,10 @@ pub fn import_file(file: &GgufFile, out: &Path) -> Result<Imported> {
         let tensor = file.tensor(gguf_name).ok_or_else(|| GgufError::Tensor {
             path: path.clone(),
             tensor: gguf_name.clone(),
-            reason: format!("is missing: a {arch} model of {} layers has it", shape.layers),
+            reason: format!(
+                "is missing: a {arch} model of {} layers has it",
+                shape.layers
+            ),
         })?;
         if tensor.shape() != *expected {
             return Err(GgufError::Tensor {
@@ -252,7 +320,11 @@ pub fn import_file(file: &GgufFile, out: &Path) -> Result<Imported> {
         names.insert(gguf_name.as_str(), ());
         plan.push((hf_name.clone(), tensor, *perm));
     }
-    if let Some(extra) = file.tensors.iter().find(|t| !names.contains_key(t.name.as_str())) {
+    if let Some(extra) = file
+        .tensors
+        .iter()
+        .find(|t| !names.contains_key(t.name.as_str()))
+    {
         return Err(GgufError::Tensor {
             path,
             tensor: extra.name.clone(),
@@ -312,7 +384,10 @@ pub fn import_file(file: &GgufFile, out: &Path) -> Result<Imported> {
         dir: out.to_path_buf(),
         architecture: arch.to_string(),
         model_type: model_type.to_string(),
-        name: file.get("general.name").and_then(Value::as_str).map(str::to_string),
+        name: file
+            .get("general.name")
+            .and_then(Value::as_str)
+            .map(str::to_string),
         config,
         parameters,
         types,
@@ -323,7 +398,9 @@ pub fn import_file(file: &GgufFile, out: &Path) -> Result<Imported> {
 /// `9.999999747378752e-6`), as transformers writes configs.
 fn round_f32(value: f64) -> Json {
     let text = format!("{}", value as f32);
-    text.parse::<f64>().map(|v| json!(v)).unwrap_or_else(|_| json!(value))
+    text.parse::<f64>()
+        .map(|v| json!(v))
+        .unwrap_or_else(|_| json!(value))
 }
 
 /// Undo llama.cpp's permutation of a q or k projection (`[heads * head_dim, in]`): its rows hold
@@ -340,7 +417,8 @@ pub fn unpermute_rotary(values: &[f32], shape: &[usize], heads: usize) -> Vec<f3
             for j in 0..2 {
                 let from = h * head_dim + i * 2 + j;
                 let to = h * head_dim + j * half + i;
-                out[to * cols..(to + 1) * cols].copy_from_slice(&values[from * cols..(from + 1) * cols]);
+                out[to * cols..(to + 1) * cols]
+                    .copy_from_slice(&values[from * cols..(from + 1) * cols]);
             }
         }
     }
@@ -383,7 +461,10 @@ mod tests {
     fn the_rotary_permutation_is_undone() {
         // One head of 4 rows (pairs interleaved: 0, 2, 1, 3 in Hugging Face's order), one column.
         let gguf = [0.0, 2.0, 1.0, 3.0];
-        assert_eq!(unpermute_rotary(&gguf, &[4, 1], 1), vec![0.0, 1.0, 2.0, 3.0]);
+        assert_eq!(
+            unpermute_rotary(&gguf, &[4, 1], 1),
+            vec![0.0, 1.0, 2.0, 3.0]
+        );
     }
 
     #[test]

@@ -227,11 +227,17 @@ impl GgufFile {
         };
         let magic = reader.take(4, "the magic number")?.to_vec();
         if magic != b"GGUF" {
-            return Err(reader.error(0, format!("not a GGUF file: it starts with {magic:02x?}, not \"GGUF\"")));
+            return Err(reader.error(
+                0,
+                format!("not a GGUF file: it starts with {magic:02x?}, not \"GGUF\""),
+            ));
         }
         let version = reader.u32("the version")?;
         if version.swap_bytes() == 2 || version.swap_bytes() == 3 {
-            return Err(reader.error(4, "a big-endian GGUF file: twin reads little-endian ones".into()));
+            return Err(reader.error(
+                4,
+                "a big-endian GGUF file: twin reads little-endian ones".into(),
+            ));
         }
         if !(2..=3).contains(&version) {
             return Err(reader.error(
@@ -297,7 +303,10 @@ impl GgufFile {
             let elements = dims.iter().try_fold(1u64, |n, d| n.checked_mul(*d));
             let bytes_len = match (kind, elements) {
                 (_, None) => {
-                    return Err(reader.error(at, format!("tensor `{name}` has dimensions {dims:?}, too many elements")))
+                    return Err(reader.error(
+                        at,
+                        format!("tensor `{name}` has dimensions {dims:?}, too many elements"),
+                    ))
                 }
                 (TensorType::Unknown(_), _) => 0,
                 (kind, Some(n)) => {
@@ -311,7 +320,7 @@ impl GgufFile {
                     n / block * size
                 }
             };
-            let start = data_start.checked_add(offset).unwrap_or(u64::MAX);
+            let start = data_start.saturating_add(offset);
             if start.saturating_add(bytes_len) > len {
                 return Err(reader.error(
                     at,
@@ -389,7 +398,10 @@ impl Reader<'_> {
     }
 
     fn take(&mut self, n: usize, what: &str) -> Result<&[u8]> {
-        let end = self.at.checked_add(n).filter(|end| *end <= self.bytes.len());
+        let end = self
+            .at
+            .checked_add(n)
+            .filter(|end| *end <= self.bytes.len());
         match end {
             Some(end) => {
                 let slice = &self.bytes[self.at..end];
@@ -426,7 +438,12 @@ impl Reader<'_> {
         let len = usize::try_from(len)
             .ok()
             .filter(|n| *n <= self.bytes.len())
-            .ok_or_else(|| self.error(at, format!("{what} claims {len} bytes, more than the file has")))?;
+            .ok_or_else(|| {
+                self.error(
+                    at,
+                    format!("{what} claims {len} bytes, more than the file has"),
+                )
+            })?;
         let bytes = self.take(len, what)?;
         String::from_utf8(bytes.to_vec())
             .map_err(|_| self.error(at, format!("{what} is not UTF-8")))

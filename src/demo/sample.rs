@@ -208,3 +208,37 @@ mod tests {
         );
     }
 }
+
+/// Passages of her own prose (the opening paragraphs of each article and post, about 400
+/// characters each, no headings or code): what the demo scores the answers beside.
+pub fn passages() -> Vec<String> {
+    let articles = medium()
+        .into_iter()
+        .chain(substack())
+        .flatten()
+        .map(|a| a.body);
+    let posts = linkedin_posts().into_iter().flatten().map(|p| p.text);
+    articles
+        .chain(posts)
+        .map(|body| {
+            let mut passage = String::new();
+            for paragraph in body.split("\n\n").map(str::trim) {
+                if passage.len() >= 400 {
+                    break;
+                }
+                if paragraph.is_empty()
+                    || paragraph.starts_with('#')
+                    || paragraph.starts_with("```")
+                {
+                    continue;
+                }
+                if !passage.is_empty() {
+                    passage.push_str("\n\n");
+                }
+                passage.push_str(paragraph);
+            }
+            passage
+        })
+        .filter(|p| p.len() >= 200)
+        .collect()
+}

@@ -9,10 +9,13 @@ use twin_warehouse::Position;
 
 use crate::{Result, TrainingError};
 
+/// The `kind` of a base model imported from a file (`twin models import`) rather than trained.
+pub const IMPORTED: &str = "imported";
+
 /// What made a registered model.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Lineage {
-    /// `full` or `lora`.
+    /// `full` or `lora` (trained), or [`IMPORTED`].
     pub kind: String,
     /// The model it was trained from (a folder, `name@vN`, or `init:CONFIG`).
     pub base: String,

@@ -408,3 +408,134 @@ fn dynamic_rope_scaling_past_the_trained_context_matches_libtorch() {
         assert!(diff < 1e-4, "{n} tokens: {diff:e}");
     }
 }
+
+/// The reference data of the GGUF import (made by transformers; see gguf/tests/data/README.md).
+fn gguf_data(name: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../gguf/tests/data")
+        .join(name)
+}
+
+fn reference(name: &str) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(gguf_data(name)).unwrap()).unwrap()
+}
+
+fn rows_of(value: &serde_json::Value) -> Vec<Vec<f32>> {
+    value
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| {
+            row.as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_f64().unwrap() as f32)
+                .collect()
+        })
+        .collect()
+}
+
+/// Small Llama (its q/k permuted by the GGUF writer, as llama.cpp's converter does) and Qwen2
+/// models written by the `gguf` package: imported, they give the logits transformers gives on
+/// their original weights, and their ONNX export gives the same.
+#[test]
+fn imported_gguf_models_equal_transformers_on_their_original_weights() {
+    let expected = reference("tiny_logits.json");
+    let ids: Vec<i64> = expected["ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i.as_i64().unwrap())
+        .collect();
+    for file in ["tiny-llama.gguf", "tiny-qwen2.gguf"] {
+        let out = tempfile::tempdir().unwrap();
+        twin_gguf::import(&gguf_data(file), out.path()).unwrap();
+        let model = CausalLm::load(out.path(), Device::Cpu).unwrap();
+        let ours = torch_logits(&model, &ids);
+        let diff = max_diff(&ours, &rows_of(&expected["models"][file]));
+        assert!(
+            diff < 1e-4,
+            "{file}: logits differ from transformers by {diff:e}"
+        );
+        check_model(&model, out.path(), file, &OnnxOptions::default());
+    }
+}
+
+/// SmolLM2-135M-Instruct imported from its GGUF file: transformers' logits on the checkpoint
+/// the gguf package makes of it (dequantized, un-permuted), within 1e-4, from libtorch and from
+/// the ONNX export.
+#[test]
+fn imported_smollm2_equals_transformers_and_its_onnx_export() {
+    let file = twin_onnx::runtime::tool_cache()
+        .unwrap_or_default()
+        .join("models/HuggingFaceTB/SmolLM2-135M-Instruct-GGUF/SmolLM2-135M-Instruct.Q4_1.gguf");
+    if !file.exists() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{} missing under CI",
+            file.display()
+        );
+        eprintln!(
+            "SKIPPED: {} is missing (run scripts/setup.sh)",
+            file.display()
+        );
+        return;
+    }
+    let expected = reference("smollm2_logits.json");
+    let ids: Vec<i64> = expected["ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i.as_i64().unwrap())
+        .collect();
+    let out = tempfile::tempdir().unwrap();
+    twin_gguf::import(&file, out.path()).unwrap();
+    let model = CausalLm::load(out.path(), Device::Cpu).unwrap();
+    let ours = torch_logits(&model, &ids);
+    let argmax: Vec<i64> = ours
+        .iter()
+        .map(|row| {
+            row.iter()
+                .enumerate()
+                .max_by(|a, b| a.1.total_cmp(b.1))
+                .unwrap()
+                .0 as i64
+        })
+        .collect();
+    let theirs: Vec<i64> = expected["argmax"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i.as_i64().unwrap())
+        .collect();
+    assert_eq!(argmax, theirs, "the most likely next tokens");
+    let last: Vec<f32> = rows_of(&serde_json::json!([expected["last"]]))[0].clone();
+    let diff = max_diff(&[ours[ours.len() - 1][..last.len()].to_vec()], &[last]);
+    assert!(diff < 1e-4, "last position's logits differ by {diff:e}");
+    let top = rows_of(&expected["top5_logits"]);
+    let indices = &expected["top5"];
+    for (position, values) in top.iter().enumerate() {
+        for (k, value) in values.iter().enumerate() {
+            let id = indices[position][k].as_u64().unwrap() as usize;
+            let d = (ours[position][id] - value).abs();
+            assert!(d < 1e-4, "position {position}, token {id}: {d:e}");
+        }
+    }
+    // The ONNX export: the whole row at once, against transformers' numbers.
+    let onnx = tempfile::tempdir().unwrap();
+    onnx_export::export(&model, out.path(), onnx.path(), &OnnxOptions::default()).unwrap();
+    let mut session = session(onnx.path());
+    let whole = run(
+        &mut session,
+        &model,
+        std::slice::from_ref(&ids),
+        &[vec![]],
+        &[(0..ids.len() as i64).collect()],
+        None,
+    );
+    let diff = max_diff(&whole.logits[0], &ours);
+    assert!(
+        diff < 1e-4,
+        "ONNX Runtime's logits differ from libtorch's by {diff:e}"
+    );
+}
