@@ -772,4 +772,28 @@ fn the_demo_fine_tunes_smollm2_into_a_twin_that_writes_like_her() {
         "{again}"
     );
     assert_eq!(sources(&again), cited, "the same sources the second time");
+
+    // From scratch instead: the small Llama is trained (a new version) and answers alone.
+    let scratch = twin(
+        dir.path(),
+        &[
+            "--data-dir",
+            data,
+            "demo",
+            "--from-scratch",
+            "--train-steps",
+            "4",
+            "--eval-samples",
+            "2",
+        ],
+        &[],
+    );
+    let text = stdout(&scratch);
+    assert!(scratch.status.success(), "{text}\n{}", stderr(&scratch));
+    assert!(text.contains("registered nora-twin@v2"), "{text}");
+    assert!(
+        !text.contains("smollm2-135m-instruct, the base model"),
+        "{text}"
+    );
+    assert_eq!(sources(&text), cited, "the same sources from scratch");
 }

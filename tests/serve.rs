@@ -402,6 +402,21 @@ async fn the_service_answers_with_context_and_refuses_bad_requests() {
         .unwrap(),
     )
     .await;
+    let penalty = expect(
+        422,
+        post(
+            "/v1/chat/completions",
+            json!({"messages": [{"role": "user", "content": "hi"}], "repetition_penalty": 0})
+                .to_string(),
+        )
+        .await
+        .unwrap(),
+    )
+    .await;
+    assert!(
+        penalty.to_string().contains("repetition_penalty"),
+        "{penalty}"
+    );
     let no_token = client
         .get(format!("{base}/v1/models"))
         .send()

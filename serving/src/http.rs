@@ -426,6 +426,9 @@ struct Sampling {
     stop: Option<Stop>,
     frequency_penalty: Option<f32>,
     presence_penalty: Option<f32>,
+    /// Divide the logits of tokens already in the text (1: off), as vLLM's and TGI's servers
+    /// take it: small models loop without it.
+    repetition_penalty: Option<f32>,
     n: Option<usize>,
     /// Go on past the end-of-sequence token, up to `max_tokens` (as vLLM's server allows; for
     /// benchmarks and tests of long answers).
@@ -461,6 +464,9 @@ impl Sampling {
                 Some(Stop::Many(v)) => v.clone(),
             },
             ignore_eos: self.ignore_eos.unwrap_or(false),
+            repetition_penalty: self
+                .repetition_penalty
+                .unwrap_or(defaults.repetition_penalty),
             ..defaults
         })
     }

@@ -144,7 +144,7 @@ pub async fn demo(base: &TwinConfig, args: DemoArgs) -> Result<ExitCode> {
         steps.begin(
             "train",
             "fine-tune the base model on the author's dataset with LoRA (rank 16 on every \
-             projection: 2% of the weights train, the rest stay frozen)",
+             projection: 5 M trainable weights beside 135 M frozen ones)",
         );
     } else {
         steps.begin(
@@ -508,7 +508,8 @@ struct Answer {
 
 async fn ask(address: std::net::SocketAddr, question: &str) -> Result<Answer> {
     let request = serde_json::json!({
-        "query": question, "k": 3, "max_tokens": 96, "temperature": 0.3, "seed": 7
+        "query": question, "k": 2, "max_tokens": 96, "temperature": 0.6, "top_p": 0.9,
+        "repetition_penalty": 1.1, "seed": 7
     });
     println!("$ curl -s http://{address}/rag -d '{request}'");
     let response = reqwest::Client::new()
