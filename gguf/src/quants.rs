@@ -163,31 +163,13 @@ pub fn dequantize(kind: TensorType, raw: &[u8]) -> Option<Vec<f32>> {
             }
             TensorType::Q5_0 => {
                 let d = half(b);
-                let qh = u32::from_le_bytes([b[2], b[3], b[4], b[5]]);
-                let qs = &b[6..22];
-                for j in 0..32 {
-                    let low = if j < 16 {
-                        qs[j] & 0x0F
-                    } else {
-                        qs[j - 16] >> 4
-                    };
-                    let high = ((qh >> j) & 1) as u8;
-                    out.push(d * f32::from((low | (high << 4)) as i8 - 16));
-                }
+                let q = five_bit_quants(&b[2..22]);
+                out.extend(q.iter().map(|q| d * f32::from(*q as i8 - 16)));
             }
             TensorType::Q5_1 => {
                 let (d, m) = (half(b), half(&b[2..]));
-                let qh = u32::from_le_bytes([b[4], b[5], b[6], b[7]]);
-                let qs = &b[8..24];
-                for j in 0..32 {
-                    let low = if j < 16 {
-                        qs[j] & 0x0F
-                    } else {
-                        qs[j - 16] >> 4
-                    };
-                    let high = ((qh >> j) & 1) as u8;
-                    out.push(d * f32::from(low | (high << 4)) + m);
-                }
+                let q = five_bit_quants(&b[4..24]);
+                out.extend(q.iter().map(|q| d * f32::from(*q) + m));
             }
             TensorType::Q4K | TensorType::Q5K => {
                 let (d, dmin) = (half(b), half(&b[2..]));
@@ -233,6 +215,17 @@ pub fn dequantize(kind: TensorType, raw: &[u8]) -> Option<Vec<f32>> {
         }
     }
     Some(out)
+}
+
+/// The 32 unsigned five-bit values of a Q5_0 or Q5_1 block from its 4 bytes of high bits and
+/// 16 bytes of nibbles (low nibbles are elements 0..16, high nibbles 16..32).
+fn five_bit_quants(b: &[u8]) -> [u8; 32] {
+    let qh = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+    let qs = &b[4..20];
+    std::array::from_fn(|j| {
+        let low = if j < 16 { qs[j] & 0x0F } else { qs[j - 16] >> 4 };
+        low | ((((qh >> j) & 1) as u8) << 4)
+    })
 }
 
 /// The eight six-bit scales and minimums of a Q4_K or Q5_K super-block, from their 12 bytes.

@@ -179,36 +179,6 @@ fn escape(text: &str) -> String {
         .replace('"', "&quot;")
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_sample_parses_whole() {
-        let medium = medium().unwrap_or_default();
-        let substack = substack().unwrap_or_default();
-        assert_eq!((medium.len(), substack.len()), (5, 4));
-        assert!(medium.iter().chain(&substack).all(|a| !a.title.is_empty()
-            && a.body.len() > 1000
-            && a.body.ends_with("Ship small. Measure twice.")));
-        let posts = linkedin_posts().unwrap_or_default();
-        assert_eq!(posts.len(), 8);
-        assert!(posts
-            .iter()
-            .all(|p| p.date.starts_with("2025-") && !p.text.is_empty()));
-    }
-
-    #[test]
-    fn markdown_becomes_the_html_a_platform_serves() {
-        let html = to_html("Intro & more.\n\n## A section\n\n- one\n- two\n\n```python\nx = 1\n\ny = 2\n```\n\nEnd.");
-        assert_eq!(
-            html,
-            "<p>Intro &amp; more.</p><h3>A section</h3><ul><li>one</li><li>two</li></ul>\
-             <pre><code>x = 1\n\ny = 2</code></pre><p>End.</p>"
-        );
-    }
-}
-
 /// Passages of her own prose (the opening paragraphs of each article and post, about 400
 /// characters each, no headings or code): what the demo scores the answers beside.
 pub fn passages() -> Vec<String> {
@@ -241,4 +211,34 @@ pub fn passages() -> Vec<String> {
         })
         .filter(|p| p.len() >= 200)
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_sample_parses_whole() {
+        let medium = medium().unwrap_or_default();
+        let substack = substack().unwrap_or_default();
+        assert_eq!((medium.len(), substack.len()), (5, 4));
+        assert!(medium.iter().chain(&substack).all(|a| !a.title.is_empty()
+            && a.body.len() > 1000
+            && a.body.ends_with("Ship small. Measure twice.")));
+        let posts = linkedin_posts().unwrap_or_default();
+        assert_eq!(posts.len(), 8);
+        assert!(posts
+            .iter()
+            .all(|p| p.date.starts_with("2025-") && !p.text.is_empty()));
+    }
+
+    #[test]
+    fn markdown_becomes_the_html_a_platform_serves() {
+        let html = to_html("Intro & more.\n\n## A section\n\n- one\n- two\n\n```python\nx = 1\n\ny = 2\n```\n\nEnd.");
+        assert_eq!(
+            html,
+            "<p>Intro &amp; more.</p><h3>A section</h3><ul><li>one</li><li>two</li></ul>\
+             <pre><code>x = 1\n\ny = 2</code></pre><p>End.</p>"
+        );
+    }
 }

@@ -435,18 +435,19 @@ fn rows_of(value: &serde_json::Value) -> Vec<Vec<f32>> {
         .collect()
 }
 
+/// A JSON array of integers (token ids) as a vector.
+fn integers(value: &serde_json::Value) -> Vec<i64> {
+    let items = value.as_array().expect("an array of integers");
+    items.iter().map(|i| i.as_i64().unwrap()).collect()
+}
+
 /// Small Llama (its q/k permuted by the GGUF writer, as llama.cpp's converter does) and Qwen2
 /// models written by the `gguf` package: imported, they give the logits transformers gives on
 /// their original weights, and their ONNX export gives the same.
 #[test]
 fn imported_gguf_models_equal_transformers_on_their_original_weights() {
     let expected = reference("tiny_logits.json");
-    let ids: Vec<i64> = expected["ids"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|i| i.as_i64().unwrap())
-        .collect();
+    let ids = integers(&expected["ids"]);
     for file in ["tiny-llama.gguf", "tiny-qwen2.gguf"] {
         let out = tempfile::tempdir().unwrap();
         twin_gguf::import(&gguf_data(file), out.path()).unwrap();
@@ -482,12 +483,7 @@ fn imported_smollm2_equals_transformers_and_its_onnx_export() {
         return;
     }
     let expected = reference("smollm2_logits.json");
-    let ids: Vec<i64> = expected["ids"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|i| i.as_i64().unwrap())
-        .collect();
+    let ids = integers(&expected["ids"]);
     let out = tempfile::tempdir().unwrap();
     twin_gguf::import(&file, out.path()).unwrap();
     let model = CausalLm::load(out.path(), Device::Cpu).unwrap();
@@ -502,12 +498,7 @@ fn imported_smollm2_equals_transformers_and_its_onnx_export() {
                 .0 as i64
         })
         .collect();
-    let theirs: Vec<i64> = expected["argmax"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|i| i.as_i64().unwrap())
-        .collect();
+    let theirs = integers(&expected["argmax"]);
     assert_eq!(argmax, theirs, "the most likely next tokens");
     let last: Vec<f32> = rows_of(&serde_json::json!([expected["last"]]))[0].clone();
     let diff = max_diff(&[ours[ours.len() - 1][..last.len()].to_vec()], &[last]);
