@@ -223,7 +223,11 @@ fn five_bit_quants(b: &[u8]) -> [u8; 32] {
     let qh = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
     let qs = &b[4..20];
     std::array::from_fn(|j| {
-        let low = if j < 16 { qs[j] & 0x0F } else { qs[j - 16] >> 4 };
+        let low = if j < 16 {
+            qs[j] & 0x0F
+        } else {
+            qs[j - 16] >> 4
+        };
         low | ((((qh >> j) & 1) as u8) << 4)
     })
 }
