@@ -103,6 +103,7 @@ pub fn engine_options(config: &TwinConfig) -> EngineOptions {
         max_batch_tokens: settings.max_batch_tokens,
         use_cache: true,
         intra_threads: settings.threads,
+        ..EngineOptions::default()
     }
 }
 

@@ -168,6 +168,9 @@ pub struct UpArgs {
     /// Where the server listens (default: `[serving] address`).
     #[arg(long)]
     pub address: Option<String>,
+    /// Serve beyond loopback without `[serving] api_token` (see `twin serve --help`).
+    #[arg(long)]
+    pub insecure_no_auth: bool,
     /// The stream worker's consumer group.
     #[arg(long, default_value = twin_stream::worker::DEFAULT_GROUP)]
     pub group: String,
@@ -367,6 +370,10 @@ pub struct ServeArgs {
     /// Address to listen on [default: `[serving] address`, 127.0.0.1:8000].
     #[arg(long)]
     pub address: Option<String>,
+    /// Listen beyond loopback without `[serving] api_token`: anyone who reaches the address
+    /// can use the model and read the author's documents.
+    #[arg(long)]
+    pub insecure_no_auth: bool,
 }
 
 /// `twin eval` options.

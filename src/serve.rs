@@ -42,6 +42,7 @@ pub async fn serve_until(
 ) -> Result<()> {
     let settings = &config.serving;
     let address = args.address.unwrap_or_else(|| settings.address.clone());
+    check_exposure(&address, &settings.api_token, args.insecure_no_auth).await?;
     let remote = &settings.remote;
     let (backend, model) = if remote.base_url.is_empty() {
         let model = args.model.unwrap_or_else(|| settings.model.clone());
@@ -144,7 +145,12 @@ pub async fn serve_until(
     tracing::info!(%bound, model = %name, "serving");
     let grace = Duration::from_secs(settings.shutdown_grace_secs);
     let (stopping, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = axum::serve(listener, router).with_graceful_shutdown(async move {
+    let limits = twin_serving::server::ConnectionLimits {
+        header_read_timeout: Duration::from_secs(settings.header_read_timeout_secs.max(1)),
+        idle_timeout: Duration::from_secs(settings.idle_timeout_secs.max(1)),
+        max_connections: settings.max_connections.max(1),
+    };
+    let server = twin_serving::server::serve(listener, router, limits, async move {
         stop.await;
         eprintln!(
             "stopping: finishing the requests in flight (at most {} s)",
@@ -161,10 +167,39 @@ pub async fn serve_until(
         }
     };
     tokio::select! {
-        result = server => result?,
+        () = server => {},
         () = deadline => eprintln!("requests still in flight after {} s: stopping anyway", grace.as_secs()),
     }
     Ok(())
+}
+
+/// Refuse to listen beyond loopback without a token, unless told `--insecure-no-auth` (then
+/// say so loudly): such a server answers anyone who reaches it, with the author's documents.
+pub async fn check_exposure(address: &str, api_token: &str, insecure_no_auth: bool) -> Result<()> {
+    if !api_token.is_empty() {
+        return Ok(());
+    }
+    let resolved = tokio::net::lookup_host(address)
+        .await
+        .with_context(|| format!("the address to listen on, {address}, is not host:port"))?;
+    let Some(exposed) = resolved.map(|a| a.ip()).find(|ip| !ip.is_loopback()) else {
+        return Ok(());
+    };
+    if insecure_no_auth {
+        let warning = format!(
+            "listening on {address} ({exposed}) WITHOUT AUTHENTICATION (--insecure-no-auth): \
+             anyone who reaches it can use the model and read the author's documents"
+        );
+        eprintln!("WARNING: {warning}");
+        tracing::warn!("{warning}");
+        return Ok(());
+    }
+    bail!(
+        "refusing to listen on {address} ({exposed} is not a loopback address) without an API \
+         token: anyone who reaches it could use the model and read the author's documents. Set \
+         [serving] api_token (or TWIN_SERVING__API_TOKEN), listen on 127.0.0.1, or pass \
+         --insecure-no-auth to accept the risk"
+    )
 }
 
 /// The embedder and the stores, opened for a server of its own.

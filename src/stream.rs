@@ -65,8 +65,12 @@ pub async fn dlq(config: &TwinConfig, command: DlqCommand) -> Result<ExitCode> {
             }
         }
         DlqCommand::Retry => {
-            let n = twin_stream::dlq::retry(log.as_ref(), topic).await?;
-            println!("{n} event(s) appended to their source topics again");
+            let retried = twin_stream::dlq::retry(log.as_ref(), topic).await?;
+            println!(
+                "{} event(s) appended to their source topics again; {} skipped, their document \
+                 having a newer event (letters retried before are not retried again)",
+                retried.appended, retried.superseded
+            );
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -55,6 +55,12 @@ fn parse_roles(text: &str) -> Result<BTreeSet<Role>> {
 /// `twin up`.
 pub async fn up(config: &TwinConfig, args: UpArgs) -> Result<ExitCode> {
     let roles = parse_roles(&args.roles)?;
+    if roles.contains(&Role::Serve) {
+        // Before any role starts: a refused server must not leave the others running.
+        let address = args.address.as_deref().unwrap_or(&config.serving.address);
+        crate::serve::check_exposure(address, &config.serving.api_token, args.insecure_no_auth)
+            .await?;
+    }
     let serving_model = args
         .model
         .clone()
@@ -173,6 +179,7 @@ pub async fn up(config: &TwinConfig, args: UpArgs) -> Result<ExitCode> {
             crate::ServeArgs {
                 model: args.model.clone(),
                 address: args.address.clone(),
+                insecure_no_auth: args.insecure_no_auth,
             },
             shared,
             stop.clone().cancelled_owned(),

@@ -53,6 +53,132 @@ fn roles_not_told_what_to_do_say_what_they_need() {
     assert!(stderr(&out).contains("--dataset"), "{}", stderr(&out));
 }
 
+/// Security item 1: `twin serve` and `twin up` refuse an address beyond loopback without a
+/// token, before loading anything; `--insecure-no-auth` or a token lets them go on.
+#[test]
+fn serving_beyond_loopback_needs_a_token_or_insecure_no_auth() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let refused = "without an API token";
+    for args in [
+        &["serve", "--address", "0.0.0.0:0"][..],
+        &[
+            "up",
+            "--roles",
+            "serve",
+            "--model",
+            "m",
+            "--address",
+            "0.0.0.0:0",
+        ][..],
+    ] {
+        let out = twin(dir.path(), args, &[]);
+        assert!(!out.status.success());
+        let err = stderr(&out);
+        assert!(
+            err.contains(refused) && err.contains("--insecure-no-auth"),
+            "{args:?}: {err}"
+        );
+    }
+    // Past the check, each stops at what it lacks next: the model.
+    let out = twin(
+        dir.path(),
+        &["serve", "--address", "0.0.0.0:0", "--insecure-no-auth"],
+        &[],
+    );
+    let err = stderr(&out);
+    assert!(
+        !err.contains(refused) && err.contains("WITHOUT AUTHENTICATION"),
+        "{err}"
+    );
+    assert!(err.contains("which model?"), "{err}");
+    let out = twin(
+        dir.path(),
+        &["serve", "--address", "0.0.0.0:0"],
+        &[("TWIN_SERVING__API_TOKEN", "a-long-random-token")],
+    );
+    let err = stderr(&out);
+    assert!(
+        !err.contains(refused) && err.contains("which model?"),
+        "{err}"
+    );
+    assert!(!err.contains("a-long-random-token"), "{err}");
+    // Loopback needs no token.
+    let out = twin(dir.path(), &["serve", "--address", "127.0.0.1:0"], &[]);
+    assert!(stderr(&out).contains("which model?"), "{}", stderr(&out));
+}
+
+/// Security item 1, the deployment: docker/compose.yml publishes every port on the host's
+/// loopback only, and takes every secret from the environment with no default (compose refuses
+/// to start without it); Qdrant gets an API key and twin passes it on.
+#[test]
+fn the_deployment_publishes_on_loopback_and_takes_secrets_from_the_environment() {
+    let compose =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docker/compose.yml"))
+            .expect("docker/compose.yml");
+    let lines: Vec<&str> = compose.lines().collect();
+    let mut published = 0;
+    for (i, line) in lines.iter().enumerate() {
+        if line.trim() == "ports:" {
+            for item in lines[i + 1..]
+                .iter()
+                .take_while(|l| l.trim_start().starts_with("- "))
+            {
+                published += 1;
+                assert!(
+                    item.trim_start().starts_with("- \"127.0.0.1:"),
+                    "line {}: published beyond loopback: {item}",
+                    i + 2
+                );
+            }
+        }
+    }
+    assert!(published >= 5, "{published} ports found");
+    let secret_keys = ["PASSWORD", "API_KEY", "API_TOKEN"];
+    let mut secrets = 0;
+    for line in &lines {
+        if line.trim_start().starts_with('#') {
+            continue;
+        }
+        let Some((key, value)) = line.trim().split_once(':') else {
+            continue;
+        };
+        if secret_keys.iter().any(|k| key.ends_with(k)) {
+            secrets += 1;
+            let value = value.trim();
+            assert!(
+                value.starts_with("${") && value.contains(":?") && !value.contains(":-"),
+                "a secret with a default or a literal: {line}"
+            );
+        }
+    }
+    assert!(secrets >= 5, "{secrets} secrets found");
+    assert!(
+        compose.contains("QDRANT__SERVICE__API_KEY")
+            && compose.contains("TWIN_VECTORS__QDRANT__API_KEY")
+    );
+}
+
+/// Security item 15: sizes in tokens are not secrets; tokens are.
+#[test]
+fn config_show_masks_tokens_but_not_token_counts() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = twin(
+        dir.path(),
+        &["config", "show"],
+        &[("TWIN_SERVING__API_TOKEN", "tok-123456")],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(!text.contains("tok-123456"), "{text}");
+    for key in ["max_tokens", "overlap_tokens"] {
+        let line = text
+            .lines()
+            .find(|l| l.trim_start().starts_with(&format!("{key} =")))
+            .unwrap_or_else(|| panic!("no {key} in:\n{text}"));
+        assert!(!line.contains("********"), "{line}");
+    }
+}
+
 /// A twin.toml crawling `urls` as web articles, impatiently, without a metrics port.
 fn crawl_config(dir: &Path, urls: &[String], schedule: &str) {
     let mut text = format!(
@@ -734,7 +860,13 @@ fn the_demo_fine_tunes_smollm2_into_a_twin_that_writes_like_her() {
             .unwrap_or_else(|| panic!("no answer of {model}:\n{text}"));
         let rest = &text[at..];
         let said = rest.split_once("): ").map(|(_, a)| a).unwrap_or("");
-        said.split("\n\n").next().unwrap_or("").trim().to_string()
+        // The answer runs to the next answer or the sources (it may hold paragraphs).
+        let end = ["\n\nA (", "\n\nsources:"]
+            .iter()
+            .filter_map(|m| said.find(m))
+            .min()
+            .unwrap_or(said.len());
+        said[..end].trim().to_string()
     };
     let sources = |text: &str| -> Vec<String> {
         text.lines()

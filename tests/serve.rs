@@ -431,6 +431,36 @@ async fn the_service_answers_with_context_and_refuses_bad_requests() {
         .await
         .unwrap();
     expect(401, wrong_token).await;
+    // Security item 15: the scheme is case-insensitive (RFC 9110); a JSON body must say so,
+    // as a browser's form or text/plain post (no CORS preflight) cannot.
+    let lower_case_scheme = client
+        .get(format!("{base}/v1/models"))
+        .header("authorization", format!("bearer {TOKEN}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(lower_case_scheme.status(), 200);
+    for content_type in ["text/plain", "application/x-www-form-urlencoded"] {
+        let form = client
+            .post(format!("{base}/rag"))
+            .bearer_auth(TOKEN)
+            .header("content-type", content_type)
+            .body(projection_question().to_string())
+            .send()
+            .await
+            .unwrap();
+        let body = expect(415, form).await;
+        assert!(body.to_string().contains("application/json"), "{body}");
+    }
+    // Security item 5: metrics are labelled by route, not by path: probes of random paths,
+    // with or without a token, add no series.
+    for path in [
+        "/v1/models/../../etc/passwd",
+        "/wp-admin/setup-config.php",
+        "/v1/nope-4711",
+    ] {
+        let _ = client.get(format!("{base}{path}")).send().await.unwrap();
+    }
 
     // A client that goes away mid-stream: its sequence leaves the scheduler.
     let mut long = chat.clone();
@@ -474,6 +504,27 @@ async fn the_service_answers_with_context_and_refuses_bad_requests() {
         .await
         .unwrap();
     assert!(metrics.contains("twin_serve_requests_total"), "{metrics}");
+    for line in metrics
+        .lines()
+        .filter(|l| l.starts_with("twin_serve_requests_total"))
+    {
+        assert!(
+            !line.contains("wp-admin") && !line.contains("nope-4711") && !line.contains("passwd"),
+            "a raw path became a label: {line}"
+        );
+    }
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.contains("route=\"unmatched\"") && l.contains("status=\"404\"")),
+        "{metrics}"
+    );
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.contains("route=\"/v1/models\"") && l.contains("status=\"401\"")),
+        "{metrics}"
+    );
 
     openai_client_talks_to_the_server(&base);
     drop(server);
@@ -660,6 +711,8 @@ async fn an_external_model_generates_while_retrieval_stays_here() {
         "{body}"
     );
     assert!(!body.contains("not-the-upstream-key"), "{body}");
+    // Security item 13: where the model runs is not told.
+    assert!(!body.contains(&upstream.base), "{body}");
 }
 
 /// A cross-encoder (a `BertForSequenceClassification` checkpoint made by transformers, see
@@ -1064,4 +1117,156 @@ async fn twin_up_crawls_streams_and_serves_in_one_process_and_stops_cleanly() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}");
     assert!(text.contains("documents: 0,"), "{text}");
+}
+
+/// The server's resident memory, in KiB (Linux).
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Whether the server closed `stream` within `within` (a read gives end of file or an error).
+async fn closed_within(stream: &mut tokio::net::TcpStream, within: std::time::Duration) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 1024];
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Err(_) => return false,
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => continue,
+        }
+    }
+}
+
+/// Security item 4: slow, idle and streaming clients stay within the limits. A client that
+/// sends its headers a line at a time is cut at the header timeout; 200 connections that send
+/// nothing are closed and the server still answers; 64 streamed answers at once against 8 slots
+/// and no queue: at most 8 stream (each holds its slot to its last event), the rest get 429,
+/// and the server's memory stays flat.
+#[tokio::test(flavor = "multi_thread")]
+async fn slow_idle_and_streaming_clients_stay_within_the_limits() {
+    use tokio::io::AsyncWriteExt;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    streamed(d).await;
+    model(d);
+    let server = start_with(
+        d,
+        &["--model", "tiny"],
+        &[
+            ("TWIN_SERVING__MAX_CONCURRENT_REQUESTS", "8"),
+            ("TWIN_SERVING__MAX_QUEUED_REQUESTS", "0"),
+            ("TWIN_SERVING__HEADER_READ_TIMEOUT_SECS", "2"),
+            ("TWIN_SERVING__IDLE_TIMEOUT_SECS", "3"),
+            ("TWIN_SERVING__MAX_CONNECTIONS", "100"),
+            ("TWIN_SERVING__RETRIEVAL", "false"),
+        ],
+    );
+    let address = server.base.trim_start_matches("http://").to_string();
+    let health = format!("{}/healthz", server.base);
+
+    // Slow-loris: a header line every 300 ms, never the blank line that ends them.
+    let mut slow = tokio::net::TcpStream::connect(&address).await.unwrap();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: twin\r\n")
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut cut = false;
+    for i in 0..40 {
+        if closed_within(&mut slow, std::time::Duration::from_millis(300)).await {
+            cut = true;
+            break;
+        }
+        if slow
+            .write_all(format!("X-Slow-{i}: a\r\n").as_bytes())
+            .await
+            .is_err()
+        {
+            cut = true;
+            break;
+        }
+    }
+    let lasted = started.elapsed();
+    assert!(cut, "a slow-loris client was never cut");
+    assert!(
+        lasted >= std::time::Duration::from_millis(1500)
+            && lasted < std::time::Duration::from_secs(8),
+        "cut after {lasted:?} (header timeout 2 s)"
+    );
+
+    // 200 connections that send nothing: twice the cap. All are closed in the end, and the
+    // server answers a real client.
+    let mut idle = Vec::new();
+    for _ in 0..200 {
+        idle.push(tokio::net::TcpStream::connect(&address).await.unwrap());
+    }
+    let mut all_closed = true;
+    for stream in &mut idle {
+        all_closed &= closed_within(stream, std::time::Duration::from_secs(20)).await;
+    }
+    assert!(all_closed, "idle connections were left open");
+    drop(idle);
+    let answered = reqwest::Client::new()
+        .get(&health)
+        .timeout(std::time::Duration::from_secs(10))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answered.status(), 200);
+
+    // 64 long streamed answers at once.
+    let pid = server.child.id();
+    let before = rss_kib(pid);
+    let client = reqwest::Client::new();
+    let mut requests = tokio::task::JoinSet::new();
+    for i in 0..64 {
+        let client = client.clone();
+        let url = format!("{}/v1/chat/completions", server.base);
+        requests.spawn(async move {
+            let body = json!({
+                "messages": [{"role": "user", "content": format!("Tell a long story {i}.")}],
+                "max_tokens": 1500, "stream": true, "temperature": 0.8, "seed": i,
+                "ignore_eos": true,
+            });
+            let response = client
+                .post(url)
+                .header("content-type", "application/json")
+                .body(body.to_string())
+                .send()
+                .await
+                .unwrap();
+            let status = response.status().as_u16();
+            let text = response.text().await.unwrap();
+            (status, text)
+        });
+    }
+    let (mut streamed_ok, mut refused) = (0, 0);
+    while let Some(done) = requests.join_next().await {
+        let (status, text) = done.unwrap();
+        match status {
+            200 => {
+                assert!(text.trim_end().ends_with("data: [DONE]"), "{text}");
+                streamed_ok += 1;
+            }
+            429 => refused += 1,
+            other => panic!("{other}: {text}"),
+        }
+    }
+    assert!(
+        (1..=8).contains(&streamed_ok) && streamed_ok + refused == 64,
+        "{streamed_ok} streamed, {refused} refused"
+    );
+    let after = rss_kib(pid);
+    assert!(
+        after < before + 150 * 1024,
+        "memory grew from {before} KiB to {after} KiB"
+    );
+    let answered = reqwest::get(&health).await.unwrap();
+    assert_eq!(answered.status(), 200);
 }

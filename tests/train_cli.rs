@@ -910,6 +910,8 @@ fn an_imported_gguf_model_is_registered_and_fine_tuned_by_name() {
             "3",
             "--batch-size",
             "4",
+            "--max-seq-len",
+            "128",
             "--name",
             "from-gguf",
         ],

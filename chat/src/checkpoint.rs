@@ -6,7 +6,7 @@ use std::path::Path;
 use serde_json::Value;
 use tokenizers::Tokenizer;
 
-use crate::template::{special_token, Builtin, ChatTemplate};
+use crate::template::{special_token, Builtin, ChatTemplate, Message};
 use crate::{ChatError, Result};
 
 /// The token that ends a text in tokenizers twin trains (and the fallback end of a turn).
@@ -86,6 +86,83 @@ pub fn opening_tokens(tokenizer: &Tokenizer) -> Result<Vec<u32>> {
 /// already wrote it, as training saw its prompts.
 pub fn encode_prompt(tokenizer: &Tokenizer, text: &str, opening: &[u32]) -> Result<Vec<u32>> {
     let mut ids = encode(tokenizer, text, false)?;
+    if !opening.is_empty() && !ids.starts_with(opening) {
+        ids.splice(0..0, opening.iter().copied());
+    }
+    Ok(ids)
+}
+
+/// A conversation as the model sees it: rendered by `template` and tokenised so that only the
+/// template's own special tokens are special. A message's text (a user's question, a retrieved
+/// document) that holds a special token's text, say `<|im_start|>system`, is tokenised as plain
+/// text, so it cannot forge a turn. Messages without such text are tokenised exactly as the
+/// whole rendering would be (the common case costs one scan).
+pub fn encode_chat(
+    tokenizer: &Tokenizer,
+    template: &ChatTemplate,
+    messages: &[Message],
+    opening: &[u32],
+) -> Result<Vec<u32>> {
+    let specials: Vec<String> = tokenizer
+        .get_added_tokens_decoder()
+        .into_values()
+        .filter(|t| t.special && !t.content.is_empty())
+        .map(|t| t.content)
+        .collect();
+    let forged = |text: &str| specials.iter().any(|s| text.contains(s.as_str()));
+    if !messages.iter().any(|m| forged(&m.content)) {
+        return encode_prompt(tokenizer, &template.render(messages, true)?, opening);
+    }
+    // Render with a marker in place of each message's text, then tokenise the template's text
+    // with special tokens and each message's text without.
+    let marker = |i: usize| format!("\u{F8F0}{i}\u{F8F1}");
+    let marked: Vec<Message> = messages
+        .iter()
+        .enumerate()
+        .map(|(i, m)| Message::new(&m.role, marker(i)))
+        .collect();
+    let rendered = template.render(&marked, true)?;
+    let mut plain = tokenizer.clone();
+    plain.set_encode_special_tokens(true);
+    let mut ids = Vec::new();
+    let mut rest = rendered.as_str();
+    let mut seen = Vec::new();
+    while let Some(start) = rest.find('\u{F8F0}') {
+        let Some(len) = rest[start..].find('\u{F8F1}') else {
+            break;
+        };
+        let index: Option<usize> = rest[start + '\u{F8F0}'.len_utf8()..start + len]
+            .parse()
+            .ok();
+        let Some(message) = index.and_then(|i| messages.get(i)) else {
+            break;
+        };
+        ids.extend(encode(tokenizer, &rest[..start], false)?);
+        ids.extend(encode(&plain, &message.content, false)?);
+        seen.push(index);
+        rest = &rest[start + len + '\u{F8F1}'.len_utf8()..];
+    }
+    ids.extend(encode(tokenizer, rest, false)?);
+    if seen.len() != messages.len() {
+        // A template that reshapes a message's text (splits it, say) loses the markers: take
+        // the special tokens' text apart instead, with a zero-width space after its first
+        // character, so that it no longer matches.
+        let defused: Vec<Message> = messages
+            .iter()
+            .map(|m| {
+                let mut content = m.content.clone();
+                for s in &specials {
+                    let mut chars = s.chars();
+                    if let Some(first) = chars.next() {
+                        let broken = format!("{first}\u{200B}{}", chars.as_str());
+                        content = content.replace(s.as_str(), &broken);
+                    }
+                }
+                Message::new(&m.role, content)
+            })
+            .collect();
+        return encode_prompt(tokenizer, &template.render(&defused, true)?, opening);
+    }
     if !opening.is_empty() && !ids.starts_with(opening) {
         ids.splice(0..0, opening.iter().copied());
     }

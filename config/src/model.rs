@@ -643,6 +643,10 @@ pub struct SourceConfig {
     /// LinkedIn only: the data export ZIP a member downloads from LinkedIn.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub export: Option<PathBuf>,
+    /// LinkedIn only: read the export's posts whose `Visibility` is not public (connections
+    /// only) too. Off: the twin holds only what the author made public.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub include_non_public: bool,
     /// More article urls of this source: older Medium articles the feed no longer lists, public
     /// LinkedIn post urls, further web articles.
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -650,6 +654,11 @@ pub struct SourceConfig {
     /// This source's own schedule (interval or cron expression); unset, `ingest.schedule`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub schedule: Option<String>,
+    /// The source is on this machine or a private network: its crawler may reach loopback and
+    /// private addresses, which others refuse (also when a redirect or a host name leads
+    /// there). Implied when the source's url itself names such an address or `localhost`.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub local: bool,
 }
 
 /// How the crawlers talk HTTP.
@@ -675,6 +684,9 @@ pub struct HttpConfig {
     pub concurrency: usize,
     /// Obey robots.txt for pages and feeds (APIs are not crawled pages and are exempt).
     pub respect_robots_txt: bool,
+    /// How long a robots.txt is kept before it is fetched again, in seconds (RFC 9309: at most
+    /// a day); a failure to fetch it is kept a minute at most.
+    pub robots_txt_ttl_secs: u64,
 }
 
 impl Default for HttpConfig {
@@ -694,6 +706,7 @@ impl Default for HttpConfig {
             requests_per_second: 1.0,
             concurrency: 4,
             respect_robots_txt: true,
+            robots_txt_ttl_secs: 24 * 60 * 60,
         }
     }
 }
@@ -715,6 +728,11 @@ pub struct GithubConfig {
     pub max_file_bytes: u64,
     /// A repository's document stops growing at this many bytes of files.
     pub max_repository_bytes: u64,
+    /// A repository's tarball is refused when it inflates past this many bytes (a gzip bomb
+    /// guard: the download is bounded, what it inflates to is not).
+    pub max_archive_bytes: u64,
+    /// A repository's tarball is refused past this many entries.
+    pub max_archive_entries: u64,
     /// Glob patterns of paths skipped, on top of the built-in vendored/generated/binary rules.
     pub skip: Vec<String>,
     /// Glob patterns of paths kept even when a built-in rule would skip them.
@@ -730,6 +748,8 @@ impl Default for GithubConfig {
             include_archived: true,
             max_file_bytes: 256 * 1024,
             max_repository_bytes: 8 * 1024 * 1024,
+            max_archive_bytes: 1024 * 1024 * 1024,
+            max_archive_entries: 200_000,
             skip: Vec::new(),
             keep: Vec::new(),
         }
@@ -746,6 +766,8 @@ impl fmt::Debug for GithubConfig {
             .field("include_archived", &self.include_archived)
             .field("max_file_bytes", &self.max_file_bytes)
             .field("max_repository_bytes", &self.max_repository_bytes)
+            .field("max_archive_bytes", &self.max_archive_bytes)
+            .field("max_archive_entries", &self.max_archive_entries)
             .field("skip", &self.skip)
             .field("keep", &self.keep)
             .finish()
@@ -1007,8 +1029,15 @@ pub struct ServingConfig {
     pub max_concurrent_requests: usize,
     /// Requests waiting for a slot beyond those; more are answered 429 with Retry-After.
     pub max_queued_requests: usize,
-    /// Longest a request may take, in seconds (then 504).
+    /// Longest a request may take, in seconds (then 504); a streamed answer ends there too.
     pub request_timeout_secs: u64,
+    /// Longest a client may take to send a request's headers, in seconds (slow clients that
+    /// hold connections open are cut).
+    pub header_read_timeout_secs: u64,
+    /// A connection that moves no bytes for this many seconds is closed.
+    pub idle_timeout_secs: u64,
+    /// Most connections open at once; further clients wait to be accepted.
+    pub max_connections: usize,
     /// Largest request body, in bytes (then 413).
     pub max_body_bytes: usize,
     /// Longest query or prompt, in characters (then 422).
@@ -1129,6 +1158,9 @@ impl Default for ServingConfig {
             max_concurrent_requests: 8,
             max_queued_requests: 64,
             request_timeout_secs: 120,
+            header_read_timeout_secs: 10,
+            idle_timeout_secs: 60,
+            max_connections: 1024,
             max_body_bytes: 256 * 1024,
             max_query_chars: 8_000,
             k: 4,

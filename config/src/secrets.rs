@@ -1,14 +1,17 @@
-//! What counts as a secret, and masking it. A key is secret when its name says so: any key
-//! containing one of [`SECRET_WORDS`], in any case, with `.` or `_` separators.
+//! What counts as a secret, and masking it. A key is secret when one of its words (split at
+//! `.`, `_` and `-`, in any case) is or ends with one of [`SECRET_WORDS`], or it holds `api`
+//! followed by `key`: `github_token`, `sasl.password` and `api_key` are secrets, `max_tokens`
+//! and `overlap_tokens` are not (a word that only contains one, as `tokens` does, is not).
 
 /// Words that mark a key as secret.
 pub const SECRET_WORDS: &[&str] = &[
     "password",
+    "passwd",
     "secret",
     "token",
     "credential",
+    "credentials",
     "pem",
-    "api_key",
     "apikey",
 ];
 
@@ -17,8 +20,14 @@ pub const MASK: &str = "********";
 
 /// Whether a configuration key holds a secret.
 pub fn is_secret(key: &str) -> bool {
-    let key = key.to_ascii_lowercase().replace('.', "_");
-    SECRET_WORDS.iter().any(|w| key.contains(w)) || key.contains("sasl_oauthbearer_config")
+    let key = key.to_ascii_lowercase();
+    let words: Vec<&str> = key.split(['.', '_', '-']).collect();
+    words
+        .iter()
+        .any(|word| SECRET_WORDS.iter().any(|w| word.ends_with(w)))
+        || words.windows(2).any(|pair| pair == ["api", "key"])
+        || key.contains("sasl.oauthbearer.config")
+        || key.contains("sasl_oauthbearer_config")
 }
 
 /// The value, or the mask if the key is secret.
@@ -60,6 +69,12 @@ mod tests {
             "github_token",
             "ssl.key.pem",
             "sasl.oauthbearer.client.secret",
+            "api_key",
+            "api_token",
+            "HF_TOKEN",
+            "apiToken",
+            "aws_secret_access_key",
+            "sasl.oauthbearer.config",
         ] {
             assert!(is_secret(key), "{key}");
         }
@@ -68,6 +83,11 @@ mod tests {
             "security.protocol",
             "ssl.ca.location",
             "brokers",
+            "max_tokens",
+            "overlap_tokens",
+            "chunk_tokens",
+            "context_tokens",
+            "max_new_tokens",
         ] {
             assert!(!is_secret(key), "{key}");
         }

@@ -160,7 +160,14 @@ fn read_or_create_partition_count(dir: &Path, default: u32) -> Result<u32> {
             let linked = fs::hard_link(&tmp, &path);
             let _ = fs::remove_file(&tmp);
             match linked {
-                Ok(()) => Ok(default),
+                Ok(()) => {
+                    // Cheap, and once per topic: always durable, whatever `fsync` says.
+                    sync_dir(dir)?;
+                    if let Some(root) = dir.parent() {
+                        sync_dir(root)?;
+                    }
+                    Ok(default)
+                }
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
                     read_or_create_partition_count(dir, default)
                 }
@@ -190,6 +197,7 @@ impl EventLog for EmbeddedLog {
     }
 
     async fn append_batch(&self, topic: &str, records: &[(&[u8], &[u8])]) -> Result<Vec<Position>> {
+        crate::check_sizes(topic, records)?;
         let topic = self.topic(topic)?;
         let partitions = topic.writers.len() as u32;
         // Group by partition, keeping each partition's records in call order.
@@ -254,6 +262,17 @@ impl EventLog for EmbeddedLog {
             .collect()
     }
 
+    async fn start_offsets(&self, topic: &str) -> Result<Vec<u64>> {
+        Ok(vec![0; self.topic(topic)?.writers.len()])
+    }
+
+    async fn committed_offsets(&self, topic: &str, group: &str) -> Result<Vec<u64>> {
+        validate_name("consumer group", group)?;
+        let topic = self.topic(topic)?;
+        let path = topic.dir.join("groups").join(format!("{group}.offsets"));
+        read_offsets(&path, topic.writers.len())
+    }
+
     async fn consumer(
         &self,
         topic: &str,
@@ -289,12 +308,21 @@ impl PartitionWriter {
                 .open(&path)
                 .map_err(io_err(&path))
         };
-        Ok(Self {
+        let existed = dir.join("records.idx").exists();
+        let writer = Self {
             log: open("records.log")?,
             idx: open("records.idx")?,
             dir: dir.to_path_buf(),
             fsync,
-        })
+        };
+        if fsync && !existed {
+            // New files are durable only once their folder (and its parent's entry) is.
+            sync_dir(dir)?;
+            if let Some(topic) = dir.parent() {
+                sync_dir(topic)?;
+            }
+        }
+        Ok(writer)
     }
 
     /// Append frames and their index entries; returns the first record's offset.
@@ -689,8 +717,21 @@ impl EmbeddedConsumer {
             file.sync_data().map_err(io_err(&tmp))?;
         }
         fs::rename(&tmp, &self.offsets_path).map_err(io_err(&self.offsets_path))?;
+        if self.fsync {
+            // The rename is durable only once its folder is.
+            if let Some(groups) = self.offsets_path.parent() {
+                sync_dir(groups)?;
+            }
+        }
         Ok(())
     }
+}
+
+/// Make a folder's entries (files created or renamed in it) durable.
+fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err(dir))
 }
 
 #[cfg(test)]

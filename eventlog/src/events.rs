@@ -36,6 +36,9 @@ pub struct BadEvent {
     pub reason: String,
     /// Its bytes as read, for a dead-letter topic.
     pub bytes: Vec<u8>,
+    /// The schema fingerprint it names, when no schema of this build has it: written by a
+    /// newer producer, so not bad but not ours to read (a rolling upgrade in progress).
+    pub unknown_schema: Option<u64>,
 }
 
 impl fmt::Display for BadEvent {
@@ -102,6 +105,7 @@ impl EventConsumer {
                         position: Position { partition, offset },
                         reason,
                         bytes,
+                        unknown_schema: None,
                     }),
                 }))
             }
@@ -113,6 +117,10 @@ impl EventConsumer {
                 position: record.position,
                 reason: e.to_string(),
                 bytes: record.payload.clone(),
+                unknown_schema: match e {
+                    twin_schemas::SchemaError::UnknownFingerprint(f) => Some(f),
+                    _ => None,
+                },
             };
             warn!(topic = %bad.topic, partition = bad.position.partition,
                   offset = bad.position.offset, reason = %bad.reason, "undecodable event; skipping it");

@@ -29,6 +29,10 @@ use twin_config::KafkaConfig;
 
 use crate::{validate_name, EventLog, LogConsumer, LogError, Position, Record, Result, StartFrom};
 
+/// What producers, topics and consumers carry: the log's record limit with room for Kafka's
+/// own framing (a record batch's headers).
+const MESSAGE_MAX_BYTES: usize = crate::MAX_RECORD_BYTES + 64 * 1024;
+
 /// How long metadata, admin and commit calls may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -70,7 +74,8 @@ impl KafkaLog {
             .set("acks", "all")
             .set("enable.idempotence", "true")
             .set("linger.ms", "2")
-            .set("message.timeout.ms", "60000");
+            .set("message.timeout.ms", "60000")
+            .set("message.max.bytes", MESSAGE_MAX_BYTES.to_string());
         for (k, v) in &user {
             producer.set(k, *v);
         }
@@ -139,6 +144,28 @@ impl KafkaLog {
     }
 }
 
+impl KafkaLog {
+    /// Each partition's low and high watermarks: its first offset still held, and the offset
+    /// its next record gets.
+    async fn watermarks(&self, topic: &str) -> Result<Vec<(u64, u64)>> {
+        let partitions = self.ensure_topic(topic).await?;
+        let metadata = self.metadata.clone();
+        let name = topic.to_string();
+        tokio::task::spawn_blocking(move || {
+            (0..partitions as i32)
+                .map(|p| {
+                    metadata
+                        .fetch_watermarks(&name, p, REQUEST_TIMEOUT)
+                        .map(|(low, high)| (low.max(0) as u64, high.max(0) as u64))
+                        .map_err(kafka_err(format!("watermarks of {name}/{p}")))
+                })
+                .collect()
+        })
+        .await
+        .map_err(|e| join_err("watermarks", e))?
+    }
+}
+
 #[async_trait]
 impl EventLog for KafkaLog {
     fn backend(&self) -> &'static str {
@@ -151,11 +178,20 @@ impl EventLog for KafkaLog {
             self.remember(topic);
             return Ok(n);
         }
+        // Infinite retention: the log is the truth and `twin stream --rebuild` replays it, so a
+        // broker's default retention (seven days on Apache Kafka) would lose documents for
+        // good. Not compaction: it would keep one version per document and still lose the
+        // history (`twin log tail`, what changed when), for a corpus that is small anyway. The
+        // topic takes the records the producer may send.
+        let message_max = MESSAGE_MAX_BYTES.to_string();
         let new = NewTopic::new(
             topic,
             self.partitions as i32,
             TopicReplication::Fixed(self.replication_factor),
-        );
+        )
+        .set("retention.ms", "-1")
+        .set("retention.bytes", "-1")
+        .set("max.message.bytes", &message_max);
         let options = AdminOptions::new().operation_timeout(Some(REQUEST_TIMEOUT));
         let results = self
             .admin
@@ -197,6 +233,7 @@ impl EventLog for KafkaLog {
     }
 
     async fn append_batch(&self, topic: &str, records: &[(&[u8], &[u8])]) -> Result<Vec<Position>> {
+        crate::check_sizes(topic, records)?;
         if !self.is_known(topic) {
             self.ensure_topic(topic).await?;
         }
@@ -235,21 +272,45 @@ impl EventLog for KafkaLog {
     }
 
     async fn end_offsets(&self, topic: &str) -> Result<Vec<u64>> {
+        let marks = self.watermarks(topic).await?;
+        Ok(marks.into_iter().map(|(_, high)| high).collect())
+    }
+
+    async fn start_offsets(&self, topic: &str) -> Result<Vec<u64>> {
+        let marks = self.watermarks(topic).await?;
+        Ok(marks.into_iter().map(|(low, _)| low).collect())
+    }
+
+    async fn committed_offsets(&self, topic: &str, group: &str) -> Result<Vec<u64>> {
+        validate_name("consumer group", group)?;
         let partitions = self.ensure_topic(topic).await?;
-        let metadata = self.metadata.clone();
+        let mut config = self.base.clone();
+        config
+            .set("group.id", group)
+            .set("enable.auto.commit", "false");
+        let consumer: BaseConsumer = config
+            .create()
+            .map_err(kafka_err(format!("create a client of group {group}")))?;
+        let mut asked = TopicPartitionList::new();
+        for p in 0..partitions as i32 {
+            asked.add_partition(topic, p);
+        }
         let name = topic.to_string();
         tokio::task::spawn_blocking(move || {
-            (0..partitions as i32)
-                .map(|p| {
-                    metadata
-                        .fetch_watermarks(&name, p, REQUEST_TIMEOUT)
-                        .map(|(_, high)| high.max(0) as u64)
-                        .map_err(kafka_err(format!("end offset of {name}/{p}")))
-                })
-                .collect()
+            let committed = consumer
+                .committed_offsets(asked, REQUEST_TIMEOUT)
+                .map_err(kafka_err(format!("committed offsets of {name}")))?;
+            Ok((0..partitions as i32)
+                .map(
+                    |p| match committed.find_partition(&name, p).map(|e| e.offset()) {
+                        Some(Offset::Offset(o)) if o >= 0 => o as u64,
+                        _ => 0,
+                    },
+                )
+                .collect())
         })
         .await
-        .map_err(|e| join_err("watermarks", e))?
+        .map_err(|e| join_err("committed offsets", e))?
     }
 
     async fn consumer(
@@ -266,7 +327,14 @@ impl EventLog for KafkaLog {
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
-            .set("enable.partition.eof", "false");
+            .set("enable.partition.eof", "false")
+            // Room for the largest record (librdkafka's receive limit must exceed the fetch's).
+            .set("fetch.max.bytes", MESSAGE_MAX_BYTES.to_string())
+            .set("max.partition.fetch.bytes", MESSAGE_MAX_BYTES.to_string())
+            .set(
+                "receive.message.max.bytes",
+                (MESSAGE_MAX_BYTES + 1024 * 1024).to_string(),
+            );
         let consumer: StreamConsumer = config
             .create()
             .map_err(kafka_err(format!("create consumer for group {group}")))?;

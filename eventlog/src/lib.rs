@@ -88,6 +88,58 @@ pub enum LogError {
     /// An event could not be encoded for publishing.
     #[error(transparent)]
     Encode(#[from] twin_schemas::SchemaError),
+    /// A record is over [`MAX_RECORD_BYTES`]: refused before anything of its batch was sent.
+    #[error(
+        "a record of {bytes} bytes for key {key:?} on topic {topic} is over the log's limit of \
+         {limit} bytes"
+    )]
+    TooLarge {
+        /// The topic.
+        topic: String,
+        /// The record's key (a document id), lossy UTF-8.
+        key: String,
+        /// Its size, key and payload.
+        bytes: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// Records a rebuild needs are gone from the log (deleted by the broker's retention).
+    #[error(
+        "topic {topic} no longer holds its first records (partition {partition} starts at offset \
+         {first}: {first} records deleted by the broker's retention); a rebuild from it would \
+         lose those documents for good. Keep the projections, or re-crawl into a topic with \
+         infinite retention (retention.ms=-1)"
+    )]
+    Truncated {
+        /// The topic.
+        topic: String,
+        /// The first partition found truncated.
+        partition: u32,
+        /// Its first offset still held (its low watermark).
+        first: u64,
+    },
+}
+
+/// The largest record (key and payload) the log takes: 32 MiB, the largest document an event
+/// carries with room to spare. Kafka's producer, topics and consumers are configured to carry
+/// it (their defaults stop near 1 MB); a bigger record is refused before it is sent, naming its
+/// key, on both backends alike.
+pub const MAX_RECORD_BYTES: usize = 32 * 1024 * 1024;
+
+/// Refuse a batch holding a record over [`MAX_RECORD_BYTES`].
+pub fn check_sizes(topic: &str, records: &[(&[u8], &[u8])]) -> Result<()> {
+    for (key, payload) in records {
+        let bytes = key.len() + payload.len();
+        if bytes > MAX_RECORD_BYTES {
+            return Err(LogError::TooLarge {
+                topic: topic.to_string(),
+                key: String::from_utf8_lossy(key).into_owned(),
+                bytes,
+                limit: MAX_RECORD_BYTES,
+            });
+        }
+    }
+    Ok(())
 }
 
 impl LogError {
@@ -165,6 +217,14 @@ pub trait EventLog: Send + Sync {
 
     /// The offset the next record of each partition will get (the high watermark).
     async fn end_offsets(&self, topic: &str) -> Result<Vec<u64>>;
+
+    /// The first offset each partition still holds (the low watermark): above 0 where the
+    /// broker deleted records (retention). The embedded log deletes nothing.
+    async fn start_offsets(&self, topic: &str) -> Result<Vec<u64>>;
+
+    /// Where `group` stands on `topic`: per partition, the offset it reads next (0 where it
+    /// never committed). Reads only; joins nothing.
+    async fn committed_offsets(&self, topic: &str, group: &str) -> Result<Vec<u64>>;
 
     /// A member of consumer group `group` reading `topic`.
     async fn consumer(

@@ -39,8 +39,10 @@ pub trait Crawler: Send + Sync {
 
 /// Everything one pass shares between its sources.
 pub struct Context {
-    /// HTTP.
+    /// HTTP, to public addresses only.
     pub fetcher: Arc<Fetcher>,
+    /// HTTP for local sources, which may reach loopback and private addresses.
+    pub local_fetcher: Arc<Fetcher>,
     /// What earlier runs emitted.
     pub state: Arc<CrawlState>,
     /// Where events go.
@@ -79,6 +81,8 @@ pub struct Tally {
     pub deleted: u64,
     /// Documents (or parts of the source) that failed.
     pub failed: u64,
+    /// Secrets taken out of documents before they were published (see [`crate::redact`]).
+    pub redacted: u64,
 }
 
 /// The outcome of one source in one pass.
@@ -106,13 +110,18 @@ impl fmt::Display for SourceReport {
             f,
             "{}: {} new, {} changed, {} unchanged, {} deleted, {} failed",
             self.source, t.new, t.changed, t.unchanged, t.deleted, t.failed
-        )
+        )?;
+        if t.redacted > 0 {
+            write!(f, ", {} secrets redacted", t.redacted)?;
+        }
+        Ok(())
     }
 }
 
 /// One source's pass: crawlers report documents here.
 pub struct SourceRun<'a> {
     context: &'a Context,
+    local: bool,
     key: &'a str,
     label: &'a str,
     touched_ids: Mutex<HashSet<String>>,
@@ -123,10 +132,12 @@ pub struct SourceRun<'a> {
 }
 
 impl<'a> SourceRun<'a> {
-    /// A pass of the source `key` (its state key) shown as `label`.
-    pub fn new(context: &'a Context, key: &'a str, label: &'a str) -> Self {
+    /// A pass of the source `key` (its state key) shown as `label`; a `local` one may reach
+    /// loopback and private addresses.
+    pub fn new(context: &'a Context, key: &'a str, label: &'a str, local: bool) -> Self {
         Self {
             context,
+            local,
             key,
             label,
             touched_ids: Mutex::new(HashSet::new()),
@@ -137,9 +148,13 @@ impl<'a> SourceRun<'a> {
         }
     }
 
-    /// HTTP.
+    /// HTTP, reaching what the source may reach.
     pub fn fetcher(&self) -> &Fetcher {
-        &self.context.fetcher
+        if self.local {
+            &self.context.local_fetcher
+        } else {
+            &self.context.fetcher
+        }
     }
 
     /// Whether the crawl is being stopped: start nothing new.
@@ -189,7 +204,8 @@ impl<'a> SourceRun<'a> {
         self.emit_or_adopt(draft, fetch, true).await
     }
 
-    async fn emit_or_adopt(&self, draft: Draft, fetch: FetchInfo, adopt: bool) -> Result<()> {
+    async fn emit_or_adopt(&self, mut draft: Draft, fetch: FetchInfo, adopt: bool) -> Result<()> {
+        self.redact(&mut draft);
         let event = draft.into_event(&self.context.author, now_ms());
         if event.content.is_empty() {
             return Err(IngestError::malformed(
@@ -237,6 +253,34 @@ impl<'a> SourceRun<'a> {
         self.context.state.record(&known)?;
         self.count(outcome, &known.platform);
         Ok(())
+    }
+
+    /// Take secrets out of the draft's title and blocks, counted per source and kind (the
+    /// secret itself is never logged).
+    fn redact(&self, draft: &mut Draft) {
+        let mut kinds = Vec::new();
+        let texts =
+            std::iter::once(&mut draft.title).chain(draft.content.iter_mut().map(|b| &mut b.text));
+        for text in texts {
+            let (clean, found) = crate::redact::redact(text);
+            if !found.is_empty() {
+                *text = clean;
+                kinds.extend(found);
+            }
+        }
+        if kinds.is_empty() {
+            return;
+        }
+        for kind in &kinds {
+            metrics::counter!(
+                "twin_ingest_secrets_redacted_total",
+                "source" => self.label.to_string(),
+                "kind" => *kind
+            )
+            .increment(1);
+        }
+        warn!(source = self.label, url = %draft.url, kinds = ?kinds, "secrets redacted before publishing");
+        lock(&self.tally).redacted += kinds.len() as u64;
     }
 
     /// A document the source confirms is as it was (304, or an unchanged version).

@@ -1,7 +1,16 @@
 //! Polite, robust HTTP for the crawlers: robots.txt, a per-host pace, timeouts, retries with
 //! backoff that honour Retry-After, a size limit per response, and conditional GETs.
+//!
+//! Redirects are followed here, hop by hop, not by the HTTP client: each hop is checked as the
+//! first url was (scheme, robots.txt for pages, address) and a bearer token is dropped when the
+//! origin changes. robots.txt is cached per origin for `robots_txt_ttl_secs` (RFC 9309: at most
+//! a day), a failure to fetch it for a minute at most. Unless a source is local, no request goes
+//! to a loopback, private, link-local or otherwise non-public address, whether the url names it,
+//! a redirect leads to it or a host name resolves to it (the resolver itself refuses them), so
+//! that a page or feed cannot turn the crawler against the machine's own network.
 
 use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -42,7 +51,7 @@ impl Validators {
 }
 
 /// One GET.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone, Copy)]
 pub struct Request<'a> {
     /// The url.
     pub url: &'a str,
@@ -50,10 +59,23 @@ pub struct Request<'a> {
     pub access: Access,
     /// Validators of the copy we have, for a conditional GET.
     pub validators: Option<&'a Validators>,
-    /// A bearer token (never logged; reqwest drops it on a redirect to another host).
+    /// A bearer token (never logged; dropped on a redirect to another origin).
     pub bearer: Option<&'a str>,
     /// `Accept` header.
     pub accept: Option<&'a str>,
+}
+
+/// Shown without the token: requests are logged and land in error reports.
+impl std::fmt::Debug for Request<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Request")
+            .field("url", &self.url)
+            .field("access", &self.access)
+            .field("validators", &self.validators)
+            .field("bearer", &self.bearer.map(|_| twin_config::secrets::MASK))
+            .field("accept", &self.accept)
+            .finish()
+    }
 }
 
 impl<'a> Request<'a> {
@@ -128,19 +150,139 @@ struct HostPace {
     interval: Duration,
 }
 
+/// Which addresses a fetcher may reach.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Addresses {
+    /// Public ones only (the default for every source).
+    Public,
+    /// Any, loopback and private included: sources configured as local.
+    Any,
+}
+
+/// Most redirects followed for one GET.
+const MAX_REDIRECTS: usize = 10;
+
+/// How long a failure to fetch robots.txt keeps its origin disallowed, at most.
+const ROBOTS_FAILURE_TTL: Duration = Duration::from_secs(60);
+
 /// The crawlers' HTTP client. Cheap to share behind an `Arc`.
 pub struct Fetcher {
     client: reqwest::Client,
     settings: HttpConfig,
+    addresses: Addresses,
     robots_agent: String,
-    robots: tokio::sync::Mutex<HashMap<String, Arc<Robots>>>,
+    robots: tokio::sync::Mutex<HashMap<String, (Arc<Robots>, Instant)>>,
     hosts: Mutex<HashMap<String, HostPace>>,
     stop: CancellationToken,
 }
 
+/// The error of a host name that resolves only to addresses a public fetcher must not reach.
+#[derive(Debug)]
+struct NotPublic(String);
+
+impl std::fmt::Display for NotPublic {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} resolves only to non-public addresses (loopback, private or link-local); set \
+             `local = true` on the source to crawl it",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for NotPublic {}
+
+/// A resolver that keeps only public addresses: checked where the connection is made, so a name
+/// that resolves differently the second time (DNS rebinding) cannot slip through.
+struct PublicResolver;
+
+impl reqwest::dns::Resolve for PublicResolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        Box::pin(async move {
+            let host = name.as_str().to_string();
+            let found: Vec<SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let public: Vec<SocketAddr> = found.into_iter().filter(|a| is_public(a.ip())).collect();
+            if public.is_empty() {
+                return Err(Box::new(NotPublic(host)) as Box<dyn std::error::Error + Send + Sync>);
+            }
+            Ok(Box::new(public.into_iter()) as reqwest::dns::Addrs)
+        })
+    }
+}
+
+/// Whether an address is on the public internet: not loopback, private (RFC 1918, unique
+/// local), link-local (cloud metadata lives there), shared (CGNAT), unspecified, multicast,
+/// broadcast, documentation or reserved.
+pub fn is_public(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            let [a, b, ..] = v4.octets();
+            !(v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_broadcast()
+                || v4.is_multicast()
+                || v4.is_documentation()
+                || a == 0
+                || (a == 100 && (64..128).contains(&b))
+                || (a == 192 && b == 0 && v4.octets()[2] == 0)
+                || (a == 198 && (18..20).contains(&b))
+                || a >= 240)
+        }
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return is_public(IpAddr::V4(v4));
+            }
+            let first = v6.segments()[0];
+            !(v6.is_loopback()
+                || v6.is_unspecified()
+                || v6.is_multicast()
+                || (first & 0xfe00) == 0xfc00
+                || (first & 0xffc0) == 0xfe80
+                || first == 0x2001 && v6.segments()[1] == 0x0db8)
+        }
+    }
+}
+
+/// Whether a url names this machine or a private network by itself (`localhost`, a loopback or
+/// private address): a source configured with such a url is local.
+pub fn names_local_host(url: &str) -> bool {
+    let Ok(url) = Url::parse(url) else {
+        return false;
+    };
+    match url.host() {
+        Some(url::Host::Ipv4(ip)) => !is_public(IpAddr::V4(ip)),
+        Some(url::Host::Ipv6(ip)) => !is_public(IpAddr::V6(ip)),
+        Some(url::Host::Domain(name)) => {
+            let name = name.trim_end_matches('.').to_ascii_lowercase();
+            name == "localhost" || name.ends_with(".localhost")
+        }
+        None => false,
+    }
+}
+
+/// Where a GET went: an answer, or a redirect to follow.
+enum Hop {
+    Done(Fetched),
+    Redirect(Url),
+}
+
 impl Fetcher {
-    /// A client with the configured user agent and timeouts; `stop` cuts waits short.
+    /// A client with the configured user agent and timeouts, reaching public addresses only;
+    /// `stop` cuts waits short.
     pub fn new(settings: &HttpConfig, stop: CancellationToken) -> Result<Self> {
+        Self::reaching(settings, stop, Addresses::Public)
+    }
+
+    /// A client that reaches `addresses`.
+    pub fn reaching(
+        settings: &HttpConfig,
+        stop: CancellationToken,
+        addresses: Addresses,
+    ) -> Result<Self> {
         if settings.timeout_secs <= 0.0 || !settings.timeout_secs.is_finite() {
             return Err(IngestError::Config(format!(
                 "ingest.http.timeout_secs must be a positive number of seconds, not {}",
@@ -154,11 +296,15 @@ impl Fetcher {
             )));
         }
         let timeout = Duration::from_secs_f64(settings.timeout_secs);
-        let client = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .user_agent(settings.user_agent.clone())
             .timeout(timeout)
             .connect_timeout(timeout.min(Duration::from_secs(10)))
-            .redirect(reqwest::redirect::Policy::limited(10))
+            .redirect(reqwest::redirect::Policy::none());
+        if addresses == Addresses::Public {
+            builder = builder.dns_resolver(Arc::new(PublicResolver));
+        }
+        let client = builder
             .build()
             .map_err(|e| IngestError::Config(format!("HTTP client: {e}")))?;
         // robots.txt groups name a product token ("twin-crawler"), not the whole user agent.
@@ -171,6 +317,7 @@ impl Fetcher {
         Ok(Self {
             client,
             settings: settings.clone(),
+            addresses,
             robots_agent,
             robots: tokio::sync::Mutex::new(HashMap::new()),
             hosts: Mutex::new(HashMap::new()),
@@ -198,24 +345,94 @@ impl Fetcher {
                 reason: format!("unsupported scheme {:?}", url.scheme()),
             });
         }
-        if request.access == Access::Page && self.settings.respect_robots_txt {
-            self.check_robots(&url).await?;
-        }
-        self.get_with_retries(&url, request).await
+        let robots = request.access == Access::Page && self.settings.respect_robots_txt;
+        self.follow(url, request, robots).await
     }
 
-    /// Whether robots.txt lets us fetch `url`; fetched once per origin and run.
+    /// GET `url`, following redirects hop by hop: every hop's scheme and address checked,
+    /// robots.txt too when `robots`, the bearer token dropped once the origin changes.
+    async fn follow(&self, first: Url, request: Request<'_>, robots: bool) -> Result<Fetched> {
+        let mut url = first;
+        let mut request = request;
+        for _ in 0..=MAX_REDIRECTS {
+            self.check_address(&url)?;
+            if robots {
+                self.check_robots(&url).await?;
+            }
+            match self.get_with_retries(&url, request).await? {
+                Hop::Done(fetched) => return Ok(fetched),
+                Hop::Redirect(next) => {
+                    if !matches!(next.scheme(), "http" | "https") {
+                        return Err(IngestError::Http {
+                            url: url.to_string(),
+                            status: None,
+                            reason: format!("redirects to an unsupported scheme: {next}"),
+                        });
+                    }
+                    if next.origin() != url.origin() {
+                        request.bearer = None;
+                    }
+                    // Validators belong to the url they were given for.
+                    request.validators = None;
+                    debug!(from = %url, to = %next, "following a redirect");
+                    url = next;
+                }
+            }
+        }
+        Err(IngestError::Http {
+            url: url.to_string(),
+            status: None,
+            reason: format!("more than {MAX_REDIRECTS} redirects"),
+        })
+    }
+
+    /// Refuse a url that names a non-public address, unless this fetcher reaches any (names
+    /// are checked by the resolver, where the connection is made).
+    fn check_address(&self, url: &Url) -> Result<()> {
+        if self.addresses == Addresses::Any {
+            return Ok(());
+        }
+        let ip = match url.host() {
+            Some(url::Host::Ipv4(ip)) => IpAddr::V4(ip),
+            Some(url::Host::Ipv6(ip)) => IpAddr::V6(ip),
+            _ => return Ok(()),
+        };
+        if is_public(ip) {
+            return Ok(());
+        }
+        metrics::counter!("twin_ingest_private_refused_total").increment(1);
+        Err(IngestError::Http {
+            url: url.to_string(),
+            status: None,
+            reason: format!(
+                "refused: {ip} is not a public address (loopback, private or link-local); set \
+                 `local = true` on the source to crawl it"
+            ),
+        })
+    }
+
+    /// Whether robots.txt lets us fetch `url`; fetched once per origin, kept for
+    /// `robots_txt_ttl_secs` (a failure to fetch it, for a minute at most).
     async fn check_robots(&self, url: &Url) -> Result<()> {
         let origin = url.origin().ascii_serialization();
         let robots_url = format!("{origin}/robots.txt");
+        let ttl = Duration::from_secs(self.settings.robots_txt_ttl_secs);
         let robots = {
             // Held across the fetch so that concurrent pages of one origin fetch it once.
             let mut cache = self.robots.lock().await;
-            match cache.get(&origin) {
-                Some(robots) => robots.clone(),
+            let fresh = cache.get(&origin).filter(|(robots, at)| {
+                let keep = match robots.as_ref() {
+                    Robots::DisallowAll(_) => ttl.min(ROBOTS_FAILURE_TTL),
+                    _ => ttl,
+                };
+                at.elapsed() < keep
+            });
+            match fresh {
+                Some((robots, _)) => robots.clone(),
                 None => {
-                    let robots = Arc::new(self.fetch_robots(&robots_url).await?);
-                    cache.insert(origin.clone(), robots.clone());
+                    // Boxed: fetching robots.txt follows redirects too (a cycle of futures).
+                    let robots = Arc::new(Box::pin(self.fetch_robots(&robots_url)).await?);
+                    cache.insert(origin.clone(), (robots.clone(), Instant::now()));
                     robots
                 }
             }
@@ -237,7 +454,10 @@ impl Fetcher {
     async fn fetch_robots(&self, robots_url: &str) -> Result<Robots> {
         let url = Url::parse(robots_url)
             .map_err(|e| IngestError::malformed(robots_url, e.to_string()))?;
-        let robots = match self.get_with_retries(&url, Request::api(robots_url)).await {
+        let robots = match self
+            .follow(url.clone(), Request::api(robots_url), false)
+            .await
+        {
             Ok(Fetched::Body(response)) => match Robot::new(&self.robots_agent, &response.body) {
                 Ok(robot) => {
                     if let Some(delay) = robot.delay.filter(|d| d.is_finite() && *d > 0.0) {
@@ -311,7 +531,7 @@ impl Fetcher {
         }
     }
 
-    async fn get_with_retries(&self, url: &Url, request: Request<'_>) -> Result<Fetched> {
+    async fn get_with_retries(&self, url: &Url, request: Request<'_>) -> Result<Hop> {
         let attempts = self.settings.retries + 1;
         let mut attempt = 0;
         loop {
@@ -368,7 +588,7 @@ impl Fetcher {
         }
     }
 
-    async fn get_once(&self, url: &Url, request: &Request<'_>) -> Result<Fetched, Failure> {
+    async fn get_once(&self, url: &Url, request: &Request<'_>) -> Result<Hop, Failure> {
         let mut headers = HeaderMap::new();
         if let Some(validators) = request.validators {
             if let Some(etag) = validators.etag.as_deref().and_then(header_value) {
@@ -396,7 +616,26 @@ impl Fetcher {
             .map_err(Failure::transport)?;
         let status = response.status();
         if status == StatusCode::NOT_MODIFIED {
-            return Ok(Fetched::NotModified);
+            return Ok(Hop::Done(Fetched::NotModified));
+        }
+        if status.is_redirection() {
+            let location = response
+                .headers()
+                .get(header::LOCATION)
+                .and_then(|v| v.to_str().ok())
+                .ok_or_else(|| {
+                    Failure::fatal(
+                        Some(status.as_u16()),
+                        format!("HTTP {status} without a Location"),
+                    )
+                })?;
+            let next = url.join(location).map_err(|e| {
+                Failure::fatal(
+                    Some(status.as_u16()),
+                    format!("HTTP {status} to an invalid Location {location:?}: {e}"),
+                )
+            })?;
+            return Ok(Hop::Redirect(next));
         }
         if !status.is_success() {
             let retryable = status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error();
@@ -432,12 +671,12 @@ impl Fetcher {
             }
             body.extend_from_slice(&chunk);
         }
-        Ok(Fetched::Body(Response {
+        Ok(Hop::Done(Fetched::Body(Response {
             url: final_url,
             body,
             validators,
             link,
-        }))
+        })))
     }
 }
 
@@ -462,6 +701,15 @@ impl Failure {
     fn transport(error: reqwest::Error) -> Self {
         // reqwest's message names the url, which the caller adds itself; keep only the cause.
         let error = error.without_url();
+        // A refused address is not worth another try.
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&error);
+        while let Some(e) = cause {
+            if let Some(refused) = e.downcast_ref::<NotPublic>() {
+                metrics::counter!("twin_ingest_private_refused_total").increment(1);
+                return Self::fatal(None, format!("refused: {refused}"));
+            }
+            cause = e.source();
+        }
         let reason = if error.is_timeout() {
             "timed out".to_string()
         } else if error.is_connect() {
@@ -562,6 +810,20 @@ mod tests {
             Some("https://api.github.com/user/1/repos?page=3")
         );
         assert_eq!(next_link(r#"<https://x/?page=1>; rel="first""#), None);
+    }
+
+    #[test]
+    fn a_request_is_shown_without_its_token() {
+        let request = Request {
+            bearer: Some("ghp_s3cr3tT0ken"),
+            ..Request::page("https://api.github.com/user/repos")
+        };
+        let shown = format!("{request:?}");
+        assert!(!shown.contains("s3cr3t"), "{shown}");
+        assert!(
+            shown.contains("api.github.com") && shown.contains("********"),
+            "{shown}"
+        );
     }
 
     #[test]

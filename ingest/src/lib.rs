@@ -9,6 +9,7 @@
 //! - [`extract`]: HTML to content blocks (main content only, code kept exactly);
 //! - [`repository`]: a repository tarball to file blocks, safely, by configurable rules;
 //! - [`document`]: canonical urls, ids, fingerprints;
+//! - [`redact`]: secrets (API keys, tokens, private keys) taken out of text before it is published;
 //! - [`state`]: what was emitted, under the data folder;
 //! - [`schedule`]: intervals and cron expressions;
 //! - [`progress`]: a bar per source on a terminal;
@@ -22,6 +23,7 @@ pub mod error;
 pub mod extract;
 pub mod http;
 pub mod progress;
+pub mod redact;
 pub mod repository;
 pub mod schedule;
 pub mod sources;
@@ -59,10 +61,13 @@ impl Ingest {
         let sources = sources::from_config(&config.ingest)?;
         let state = state::CrawlState::open(&config.layout().ingest_state())?;
         let fetcher = http::Fetcher::new(&config.ingest.http, stop.clone())?;
+        let local_fetcher =
+            http::Fetcher::reaching(&config.ingest.http, stop.clone(), http::Addresses::Any)?;
         Ok(Self {
             sources,
             context: crawler::Context {
                 fetcher: Arc::new(fetcher),
+                local_fetcher: Arc::new(local_fetcher),
                 state: Arc::new(state),
                 log,
                 topic: config.topics.raw_documents.clone(),
@@ -110,7 +115,7 @@ impl Ingest {
             .await
             .err();
         let passes = sources.map(|source| async {
-            let run = SourceRun::new(&self.context, &source.key, &source.label);
+            let run = SourceRun::new(&self.context, &source.key, &source.label, source.local);
             if let Some(error) = &topic {
                 run.failed(
                     &self.context.topic,

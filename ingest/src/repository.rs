@@ -44,6 +44,30 @@ pub const DEFAULT_SKIP: &[&str] = &[
     "**/*.g.dart",
 ];
 
+/// Files that hold secrets by their nature (environment files, private keys, key stores,
+/// credentials): always left out, whatever `keep` says.
+pub const SECRET_FILES: &[&str] = &[
+    "**/.env",
+    "**/.env.*",
+    "**/*.pem",
+    "**/*.key",
+    "**/id_rsa*",
+    "**/id_dsa*",
+    "**/id_ecdsa*",
+    "**/id_ed25519*",
+    "**/*.p12",
+    "**/*.pfx",
+    "**/*.jks",
+    "**/*.keystore",
+    "**/credentials",
+    "**/credentials.*",
+    "**/*-credentials.json",
+    "**/.netrc",
+    "**/.pypirc",
+    "**/.npmrc",
+    "**/.git-credentials",
+];
+
 /// Markers of generated code in a file's first lines.
 const GENERATED_MARKERS: &[&str] = &[
     "@generated",
@@ -70,6 +94,8 @@ pub enum Skipped {
     Oversized,
     /// Past `max_repository_bytes`.
     OverBudget,
+    /// A file that holds secrets by its nature (see [`SECRET_FILES`]).
+    Secret,
 }
 
 impl Skipped {
@@ -82,6 +108,7 @@ impl Skipped {
             Skipped::Generated => "generated",
             Skipped::Oversized => "oversized",
             Skipped::OverBudget => "over_budget",
+            Skipped::Secret => "secret",
         }
     }
 }
@@ -111,10 +138,34 @@ impl Files {
 
 /// The rules deciding which files count.
 pub struct FileRules {
+    secret: GlobSet,
     skip: GlobSet,
     keep: GlobSet,
     max_file_bytes: u64,
     max_repository_bytes: u64,
+    max_archive_bytes: u64,
+    max_archive_entries: u64,
+}
+
+/// A reader that fails past `limit` bytes, and says so in `tripped` (the tar reader wraps the
+/// error it gets; the flag tells a bomb from a damaged archive).
+struct Bounded<'a, R> {
+    inner: R,
+    read: u64,
+    limit: u64,
+    tripped: &'a std::cell::Cell<bool>,
+}
+
+impl<R: Read> Read for Bounded<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.read += n as u64;
+        if self.read > self.limit {
+            self.tripped.set(true);
+            return Err(std::io::Error::other("inflated past the limit"));
+        }
+        Ok(n)
+    }
 }
 
 impl FileRules {
@@ -142,26 +193,59 @@ impl FileRules {
             "skip",
         )?;
         let keep = set(&mut config.keep.iter().map(String::as_str), "keep")?;
+        let secret = set(&mut SECRET_FILES.iter().copied(), "skip")?;
         Ok(Self {
+            secret,
             skip,
             keep,
             max_file_bytes: config.max_file_bytes,
             max_repository_bytes: config.max_repository_bytes,
+            max_archive_bytes: config.max_archive_bytes,
+            max_archive_entries: config.max_archive_entries,
         })
     }
 
     /// Read a `.tar.gz` archive whose entries sit under one top folder (stripped).
     pub fn read_tar_gz(&self, bytes: &[u8], location: &str) -> Result<Files> {
-        let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(bytes));
+        let tripped = std::cell::Cell::new(false);
+        let bomb = || {
+            IngestError::malformed(
+                location,
+                format!(
+                    "the archive inflates past {} bytes (ingest.github.max_archive_bytes): refused",
+                    self.max_archive_bytes
+                ),
+            )
+        };
+        let mut archive = tar::Archive::new(Bounded {
+            inner: flate2::read::GzDecoder::new(bytes),
+            read: 0,
+            limit: self.max_archive_bytes,
+            tripped: &tripped,
+        });
         let entries = archive
             .entries()
             .map_err(|e| IngestError::malformed(location, format!("not a tar.gz archive: {e}")))?;
         let mut files: Vec<(String, String)> = Vec::new();
         let mut skipped = Vec::new();
         let mut total = 0u64;
-        for entry in entries {
+        for (count, entry) in entries.enumerate() {
+            if count as u64 >= self.max_archive_entries {
+                return Err(IngestError::malformed(
+                    location,
+                    format!(
+                        "the archive has more than {} entries (ingest.github.max_archive_entries): \
+                         refused",
+                        self.max_archive_entries
+                    ),
+                ));
+            }
             let mut entry = entry.map_err(|e| {
-                IngestError::malformed(location, format!("archive is damaged: {e}"))
+                if tripped.get() {
+                    bomb()
+                } else {
+                    IngestError::malformed(location, format!("archive is damaged: {e}"))
+                }
             })?;
             let kind = entry.header().entry_type();
             if kind.is_dir() || kind.is_pax_global_extensions() || kind.is_pax_local_extensions() {
@@ -178,6 +262,10 @@ impl FileRules {
             };
             if !kind.is_file() {
                 skipped.push((path, Skipped::Link));
+                continue;
+            }
+            if self.secret.is_match(&path) {
+                skipped.push((path, Skipped::Secret));
                 continue;
             }
             if self.skip.is_match(&path) && !self.keep.is_match(&path) {
@@ -198,7 +286,11 @@ impl FileRules {
                 .take(size)
                 .read_to_end(&mut bytes)
                 .map_err(|e| {
-                    IngestError::malformed(location, format!("{path}: cannot read: {e}"))
+                    if tripped.get() {
+                        bomb()
+                    } else {
+                        IngestError::malformed(location, format!("{path}: cannot read: {e}"))
+                    }
                 })?;
             let text = match String::from_utf8(bytes) {
                 Ok(text) if !text.as_bytes()[..text.len().min(8000)].contains(&0) => text,
@@ -401,6 +493,95 @@ mod tests {
             error.contains("ingest.github.skip") && error.contains("\"[\""),
             "{error}"
         );
+    }
+
+    /// Security item 6: files that hold secrets are skipped, even when `keep` names them.
+    #[test]
+    fn files_that_hold_secrets_are_skipped_whatever_keep_says() {
+        use tar::EntryType::Regular;
+        let archive = tar_gz(&[
+            ("r/src/lib.rs", Regular, b"pub fn f() {}\n", None),
+            ("r/.env", Regular, b"OPENAI_API_KEY=x\n", None),
+            ("r/deploy/.env.production", Regular, b"DB=x\n", None),
+            ("r/certs/server.pem", Regular, b"-----BEGIN", None),
+            ("r/certs/server.key", Regular, b"-----BEGIN", None),
+            ("r/.ssh/id_rsa", Regular, b"-----BEGIN", None),
+            ("r/.ssh/id_ed25519.pub", Regular, b"ssh-ed25519 AAAA", None),
+            ("r/.aws/credentials", Regular, b"[default]\n", None),
+            ("r/gcp-credentials.json", Regular, b"{}", None),
+        ]);
+        let config = GithubConfig {
+            keep: vec!["**/.env".into(), "**/*.pem".into()],
+            ..GithubConfig::default()
+        };
+        let files = FileRules::new(&config)
+            .expect("rules")
+            .read_tar_gz(&archive, "t")
+            .expect("read");
+        let kept: Vec<_> = files
+            .blocks
+            .iter()
+            .filter_map(|b| b.path.as_deref())
+            .collect();
+        assert_eq!(kept, vec!["src/lib.rs"]);
+        assert_eq!(files.skipped.len(), 8, "{:?}", files.skipped);
+        assert!(files.skipped.iter().all(|(_, why)| *why == Skipped::Secret));
+        assert_eq!(
+            files
+                .skipped_counts()
+                .get("skipped_secret")
+                .map(String::as_str),
+            Some("8")
+        );
+    }
+
+    /// Security item 12: what an archive inflates to, and its entry count, are capped.
+    #[test]
+    fn archives_are_capped_by_what_they_inflate_to_and_their_entries() {
+        use tar::EntryType::Regular;
+        // 24 MiB of zeros compress to well under 1 MiB: a bomb in miniature.
+        let zeros = vec![0u8; 24 * 1024 * 1024];
+        let archive = tar_gz(&[
+            ("r/README.md", Regular, b"# r\n", None),
+            ("r/zeros.bin", Regular, &zeros, None),
+        ]);
+        assert!(archive.len() < 1024 * 1024, "{}", archive.len());
+        let config = GithubConfig {
+            max_archive_bytes: 8 * 1024 * 1024,
+            ..GithubConfig::default()
+        };
+        let error = FileRules::new(&config)
+            .expect("rules")
+            .read_tar_gz(&archive, "repo")
+            .expect_err("refused");
+        let text = error.to_string();
+        assert!(
+            text.starts_with("repo:") && text.contains("max_archive_bytes"),
+            "{text}"
+        );
+        // Under the default cap it reads (the zeros skipped as oversized).
+        let files = FileRules::new(&GithubConfig::default())
+            .expect("rules")
+            .read_tar_gz(&archive, "repo")
+            .expect("read");
+        assert_eq!(files.blocks.len(), 1);
+
+        let many: Vec<(String, Vec<u8>)> = (0..50)
+            .map(|i| (format!("r/f{i}.txt"), b"x".to_vec()))
+            .collect();
+        let entries: Vec<_> = many
+            .iter()
+            .map(|(p, d)| (p.as_str(), Regular, d.as_slice(), None))
+            .collect();
+        let config = GithubConfig {
+            max_archive_entries: 20,
+            ..GithubConfig::default()
+        };
+        let error = FileRules::new(&config)
+            .expect("rules")
+            .read_tar_gz(&tar_gz(&entries), "repo")
+            .expect_err("refused");
+        assert!(error.to_string().contains("max_archive_entries"), "{error}");
     }
 
     #[test]

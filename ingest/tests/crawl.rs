@@ -220,10 +220,16 @@ async fn every_source_arrives_as_events_with_the_right_fields() {
         "the feed's two need no post call"
     );
 
-    // LinkedIn export: posts from Shares.csv (a reshare without words is not the author's), the
-    // article from Articles/.
+    // LinkedIn export: posts from Shares.csv (a reshare without words is not the author's, a
+    // post for connections only is not public), the article from Articles/.
     let linkedin = documents(&events, "linkedin");
     assert_eq!(linkedin.len(), 3);
+    assert!(
+        !linkedin
+            .iter()
+            .any(|d| d.url.ends_with("7174000000000000004")),
+        "a connections-only post was published"
+    );
     let post = linkedin
         .iter()
         .find(|d| d.url.ends_with("7174000000000000001"))
@@ -444,6 +450,40 @@ async fn a_second_run_emits_nothing_and_each_change_emits_exactly_one_event() {
     let reports = crawl(&config, &log).await;
     assert_eq!(report(&reports, "github").tally.changed, 1);
     assert_eq!(support::event_count(log.as_ref(), &config).await, first + 4);
+}
+
+/// Security item 6: a secret pasted into a post is replaced before the document becomes an
+/// event, and counted in the source's report; the rest of the text is kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_in_a_page_are_redacted_before_they_are_published() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = FixtureServer::start().await.expect("server");
+    let token = format!("ghp_{}", "Zq8Lm2Xw".repeat(5));
+    server.put(
+        "/setup",
+        Route::html(support::blog_page(&format!(
+            "Export the token first: GITHUB_TOKEN={token} and then run the crawler."
+        ))),
+    );
+    let config = web_config(dir.path(), &[server.url("/setup")]);
+    let log = twin_eventlog::open(&config).expect("log");
+    let reports = crawl(&config, &log).await;
+    assert_eq!(reports[0].tally.redacted, 1, "{}", reports[0]);
+    assert!(
+        reports[0].to_string().contains("1 secrets redacted"),
+        "{}",
+        reports[0]
+    );
+    let events = support::raw_events(log.as_ref(), &config).await;
+    let text = match &events[0] {
+        Event::Raw(doc) => all_text(doc),
+        other => panic!("{other:?}"),
+    };
+    assert!(!text.contains(&token), "{text}");
+    assert!(
+        text.contains("GITHUB_TOKEN=[REDACTED github-token] and then run the crawler."),
+        "{text}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -153,9 +153,14 @@ async fn submit_remote(
             })
         }
     }
-    if let Some(max) = params.max_tokens {
-        object.insert("max_tokens".into(), json!(max));
-    }
+    // Always bounded: an endpoint without a limit of its own would otherwise write until its
+    // context is full, at the operator's cost.
+    let max_tokens = params
+        .max_tokens
+        .unwrap_or(remote.context_tokens)
+        .min(remote.context_tokens)
+        .max(1);
+    object.insert("max_tokens".into(), json!(max_tokens));
     if let Some(seed) = params.seed {
         object.insert("seed".into(), json!(seed));
     }
@@ -171,10 +176,13 @@ async fn submit_remote(
     if let Some(key) = &remote.api_key {
         post = post.bearer_auth(key);
     }
-    let response = post
-        .send()
-        .await
-        .map_err(|e| ServingError::Upstream(format!("{url}: {}", e.without_url())))?;
+    // The url goes to the log only: errors reach API clients, who need not learn where the
+    // model runs.
+    let response = post.send().await.map_err(|e| {
+        let e = e.without_url();
+        tracing::warn!(%url, error = %e, "the external model could not be reached");
+        ServingError::Upstream(format!("could not be reached: {e}"))
+    })?;
     let status = response.status();
     if !status.is_success() {
         let text = response.text().await.unwrap_or_default();
@@ -182,8 +190,9 @@ async fn submit_remote(
             .ok()
             .and_then(|v| v["error"]["message"].as_str().map(str::to_string))
             .unwrap_or_else(|| text.chars().take(300).collect());
+        tracing::warn!(%url, %status, %message, "the external model refused");
         return Err(ServingError::Upstream(format!(
-            "{url} answered {status}: {message}"
+            "answered {status}: {message}"
         )));
     }
     let (sender, events) = mpsc::unbounded_channel();
@@ -191,7 +200,7 @@ async fn submit_remote(
     tokio::spawn(read_events(response, sender, seed));
     Ok(Generation {
         prompt_tokens: 0,
-        max_tokens: params.max_tokens.unwrap_or(0),
+        max_tokens,
         events,
     })
 }

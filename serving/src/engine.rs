@@ -17,7 +17,7 @@
 
 use std::collections::VecDeque;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -45,6 +45,9 @@ pub struct EngineOptions {
     pub use_cache: bool,
     /// ONNX Runtime threads per operator; 0: one per core.
     pub intra_threads: usize,
+    /// Most requests waiting for the batch; more are refused (`Overloaded`) instead of
+    /// queueing without bound.
+    pub max_waiting: usize,
 }
 
 impl Default for EngineOptions {
@@ -54,6 +57,7 @@ impl Default for EngineOptions {
             max_batch_tokens: 32_768,
             use_cache: true,
             intra_threads: 0,
+            max_waiting: 256,
         }
     }
 }
@@ -176,6 +180,8 @@ struct Job {
 /// A model and the thread that runs it.
 pub struct Engine {
     jobs: mpsc::Sender<Job>,
+    /// Requests submitted and not yet in the batch.
+    pending: Arc<AtomicUsize>,
     stats: Arc<EngineStats>,
     info: ModelInfo,
     tokenizer: Arc<Tokenizer>,
@@ -200,7 +206,9 @@ impl Engine {
         let opening = model.opening.clone();
         let (jobs, queue) = mpsc::channel();
         let stats = Arc::new(EngineStats::default());
+        let pending = Arc::new(AtomicUsize::new(0));
         let scheduler = Scheduler {
+            pending: pending.clone(),
             stats: stats.clone(),
             model,
             tokenizer: tokenizer.clone(),
@@ -215,6 +223,7 @@ impl Engine {
             .map_err(|e| ServingError::Runtime(format!("cannot start the scheduler: {e}")))?;
         Ok(Self {
             jobs,
+            pending,
             stats,
             info,
             tokenizer,
@@ -243,10 +252,12 @@ impl Engine {
     pub fn tokenize(&self, prompt: &Prompt) -> Result<Vec<u32>, ServingError> {
         let ids = match prompt {
             Prompt::Text(text) => twin_chat::checkpoint::encode(&self.tokenizer, text, true)?,
-            Prompt::Chat(messages) => {
-                let text = self.template.render(messages, true)?;
-                twin_chat::checkpoint::encode_prompt(&self.tokenizer, &text, &self.opening)?
-            }
+            Prompt::Chat(messages) => twin_chat::checkpoint::encode_chat(
+                &self.tokenizer,
+                &self.template,
+                messages,
+                &self.opening,
+            )?,
             Prompt::Tokens(ids) => {
                 if let Some(id) = ids.iter().find(|&&id| id as usize >= self.info.vocab_size) {
                     return Err(ServingError::InvalidParameter {
@@ -292,6 +303,14 @@ impl Engine {
             });
         }
         let seed = params.seed.unwrap_or_else(fresh_seed);
+        // A place in the queue, given back when the scheduler takes the request into the batch
+        // (or drops it, its client gone).
+        let waiting = self.pending.fetch_add(1, Ordering::SeqCst);
+        if waiting >= self.options.max_waiting {
+            self.pending.fetch_sub(1, Ordering::SeqCst);
+            metrics::counter!("twin_generate_refused_total").increment(1);
+            return Err(ServingError::Overloaded { waiting });
+        }
         let (sender, receiver) = events::unbounded_channel();
         let prompt_tokens = prompt.len();
         self.jobs
@@ -302,7 +321,10 @@ impl Engine {
                 seed,
                 events: sender,
             })
-            .map_err(|_| ServingError::Stopped)?;
+            .map_err(|_| {
+                self.pending.fetch_sub(1, Ordering::SeqCst);
+                ServingError::Stopped
+            })?;
         metrics::counter!("twin_generate_requests_total").increment(1);
         Ok(Generation {
             prompt_tokens,
@@ -427,6 +449,8 @@ struct Batch {
 }
 
 struct Scheduler {
+    /// Requests submitted and not yet in the batch (shared with the engine's handle).
+    pending: Arc<AtomicUsize>,
     stats: Arc<EngineStats>,
     model: LlmModel,
     tokenizer: Arc<Tokenizer>,
@@ -471,8 +495,11 @@ impl Scheduler {
             while let Ok(job) = self.queue.try_recv() {
                 self.waiting.push_back(job);
             }
+            let before = self.waiting.len();
             self.waiting.retain(|job| !job.events.is_closed());
             let joining = self.admit();
+            let left = before - self.waiting.len();
+            self.pending.fetch_sub(left, Ordering::SeqCst);
             let step = Instant::now();
             let result = if joining.is_empty() {
                 self.decode()

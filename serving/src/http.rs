@@ -21,7 +21,7 @@ use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -80,7 +80,7 @@ pub struct Limits {
 
 struct App {
     state: ServerState,
-    slots: Semaphore,
+    slots: Arc<Semaphore>,
     admitted: AtomicUsize,
 }
 
@@ -132,19 +132,33 @@ impl From<ServingError> for ApiError {
         match &e {
             ServingError::InvalidParameter { name, .. } => Self::invalid(name, e.to_string()),
             ServingError::EmptyPrompt => Self::invalid("prompt", e.to_string()),
+            // The error names no url (the backend logs it): a client learns the upstream's
+            // status and reason, not where it is.
             ServingError::Upstream(_) => Self {
                 code: Some("upstream_error"),
                 ..Self::new(StatusCode::BAD_GATEWAY, "server_error", e.to_string())
+            },
+            ServingError::Overloaded { .. } => Self {
+                code: Some("overloaded"),
+                ..Self::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "rate_limit_error",
+                    e.to_string(),
+                )
             },
             ServingError::ContextLength { .. } | ServingError::OverBudget { .. } => Self {
                 code: Some("context_length_exceeded"),
                 ..Self::invalid("max_tokens", e.to_string())
             },
-            _ => Self::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "server_error",
-                e.to_string(),
-            ),
+            // Internal errors name files and internals: logged, not sent.
+            _ => {
+                tracing::error!(error = %e, "internal error");
+                Self::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "server_error",
+                    "internal error (the server's log says what went wrong)",
+                )
+            }
         }
     }
 }
@@ -199,7 +213,7 @@ fn json_response(value: &Value) -> Response {
 /// The router of the API.
 pub fn router(state: ServerState) -> Router {
     let app = Arc::new(App {
-        slots: Semaphore::new(state.limits.max_concurrent.max(1)),
+        slots: Arc::new(Semaphore::new(state.limits.max_concurrent.max(1))),
         admitted: AtomicUsize::new(0),
         state,
     });
@@ -211,6 +225,7 @@ pub fn router(state: ServerState) -> Router {
         .route("/v1/search", get(search))
         .route("/rag", post(rag_answer))
         .route_layer(axum::middleware::from_fn_with_state(app.clone(), admit))
+        .route_layer(axum::middleware::from_fn(require_json))
         .route_layer(axum::middleware::from_fn_with_state(
             app.clone(),
             authenticate,
@@ -256,9 +271,10 @@ pub fn cors(origins: &[String]) -> Result<tower_http::cors::CorsLayer, ServingEr
     Ok(layer.allow_origin(AllowOrigin::list(parsed)))
 }
 
-/// Counts requests by route and status, and their latency.
+/// Counts requests by route and status, and their latency. The route is the matched route's
+/// pattern, never the raw path: a scan of random paths must not grow a label per path.
 async fn observe(request: Request, next: Next) -> Response {
-    let route = request.uri().path().to_string();
+    let route = route_label(&request);
     let started = Instant::now();
     let response = next.run(request).await;
     let status = response.status().as_u16().to_string();
@@ -269,30 +285,81 @@ async fn observe(request: Request, next: Next) -> Response {
     response
 }
 
+/// The metrics label of a request: its matched route (`unmatched` for the fallback's 404s).
+fn route_label(request: &Request) -> String {
+    request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(|| "unmatched".to_string(), |m| m.as_str().to_string())
+}
+
+/// Whether the request carries the server's token (always, when the server has none).
+fn authorized(app: &App, headers: &HeaderMap) -> bool {
+    let Some(token) = &app.state.token else {
+        return true;
+    };
+    // The scheme is case-insensitive (RFC 9110, section 11.1).
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map_or("", |(_, credentials)| credentials.trim());
+    let a = Sha256::digest(given.as_bytes());
+    let b = Sha256::digest(token.as_bytes());
+    let differ = a
+        .iter()
+        .zip(b.iter())
+        .fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    differ == 0
+}
+
 /// Bearer-token authentication, the token compared in constant time (as digests).
 async fn authenticate(State(app): State<Shared>, request: Request, next: Next) -> Response {
-    if let Some(token) = &app.state.token {
-        let given = request
+    if !authorized(&app, request.headers()) {
+        return ApiError {
+            code: Some("invalid_api_key"),
+            ..ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "authentication_error",
+                "missing or wrong bearer token (Authorization: Bearer ...)",
+            )
+        }
+        .into_response();
+    }
+    next.run(request).await
+}
+
+/// A body must say it is JSON: a web page may post `text/plain` or a form to a local server
+/// without a CORS preflight, but not `application/json`, so refusing the rest keeps pages from
+/// driving a token-less server from a browser.
+async fn require_json(request: Request, next: Next) -> Response {
+    if request.method() == axum::http::Method::POST {
+        let content_type = request
             .headers()
-            .get(header::AUTHORIZATION)
+            .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
             .unwrap_or_default();
-        let a = Sha256::digest(given.as_bytes());
-        let b = Sha256::digest(token.as_bytes());
-        let differ = a
-            .iter()
-            .zip(b.iter())
-            .fold(0u8, |acc, (x, y)| acc | (x ^ y));
-        if differ != 0 {
-            return ApiError {
-                code: Some("invalid_api_key"),
-                ..ApiError::new(
-                    StatusCode::UNAUTHORIZED,
-                    "authentication_error",
-                    "missing or wrong bearer token (Authorization: Bearer ...)",
+        let essence = content_type
+            .split(';')
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_ascii_lowercase();
+        if essence != "application/json" && !essence.ends_with("+json") {
+            let shown = if content_type.is_empty() {
+                "no Content-Type".to_string()
+            } else {
+                format!(
+                    "Content-Type `{}`",
+                    content_type.chars().take(80).collect::<String>()
                 )
-            }
+            };
+            return ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "invalid_request_error",
+                format!("{shown}: the body must be JSON, sent as Content-Type: application/json"),
+            )
             .into_response();
         }
     }
@@ -300,12 +367,13 @@ async fn authenticate(State(app): State<Shared>, request: Request, next: Next) -
 }
 
 /// Bounded concurrency: `max_concurrent` at once, `max_queued` waiting, the rest refused
-/// with 429 and Retry-After; and the request timeout.
+/// with 429 and Retry-After; and the request timeout. A streamed answer holds its place until
+/// its last event (or the timeout, which ends the stream): its handler returns at the first.
 async fn admit(State(app): State<Shared>, request: Request, next: Next) -> Response {
-    let limits = &app.state.limits;
+    let limits = app.state.limits.clone();
     let capacity = limits.max_concurrent.max(1) + limits.max_queued;
     let admitted = app.admitted.fetch_add(1, Ordering::SeqCst) + 1;
-    let _leave = Leave(&app.admitted);
+    let leave = Leave(app.clone());
     metrics::gauge!("twin_serve_admitted_requests").set(admitted as f64);
     if admitted > capacity {
         return ApiError {
@@ -322,7 +390,8 @@ async fn admit(State(app): State<Shared>, request: Request, next: Next) -> Respo
         }
         .into_response();
     }
-    let Ok(_slot) = app.slots.acquire().await else {
+    let deadline = tokio::time::Instant::now() + limits.timeout;
+    let Ok(slot) = app.slots.clone().acquire_owned().await else {
         return ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "server_error",
@@ -330,7 +399,28 @@ async fn admit(State(app): State<Shared>, request: Request, next: Next) -> Respo
         )
         .into_response();
     };
-    match tokio::time::timeout(limits.timeout, next.run(request)).await {
+    match tokio::time::timeout_at(deadline, next.run(request)).await {
+        Ok(response) if is_event_stream(&response) => {
+            let (parts, body) = response.into_parts();
+            let held = (slot, leave);
+            // The permit and the place travel with the stream, and go when it ends or is
+            // dropped (a client that left).
+            let events = futures::stream::unfold(
+                (body.into_data_stream(), held),
+                move |(mut body, held)| async move {
+                    match tokio::time::timeout_at(deadline, body.next()).await {
+                        Ok(Some(item)) => Some((item, (body, held))),
+                        Ok(None) => None,
+                        Err(_) => {
+                            tracing::warn!("a streamed answer reached the request timeout: ended");
+                            metrics::counter!("twin_serve_streams_cut_total").increment(1);
+                            None
+                        }
+                    }
+                },
+            );
+            Response::from_parts(parts, Body::from_stream(events))
+        }
         Ok(response) => response,
         Err(_) => ApiError::new(
             StatusCode::GATEWAY_TIMEOUT,
@@ -344,11 +434,21 @@ async fn admit(State(app): State<Shared>, request: Request, next: Next) -> Respo
     }
 }
 
-struct Leave<'a>(&'a AtomicUsize);
+/// Whether a response is a server-sent event stream.
+fn is_event_stream(response: &Response) -> bool {
+    response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/event-stream"))
+}
 
-impl Drop for Leave<'_> {
+/// A request's place among those admitted, given back when dropped.
+struct Leave(Shared);
+
+impl Drop for Leave {
     fn drop(&mut self) {
-        let left = self.0.fetch_sub(1, Ordering::SeqCst) - 1;
+        let left = self.0.admitted.fetch_sub(1, Ordering::SeqCst) - 1;
         metrics::gauge!("twin_serve_admitted_requests").set(left as f64);
     }
 }
@@ -1126,19 +1226,24 @@ async fn rag_answer(State(app): State<Shared>, body: Body) -> Result<Response, A
     })))
 }
 
-async fn ready(State(app): State<Shared>) -> Response {
+/// Readiness, for probes that carry no token: what is wrong is logged, and told only to a
+/// client with the token (a server with a token set; without one, only the log says).
+async fn ready(State(app): State<Shared>, headers: HeaderMap) -> Response {
     match app.state.retriever.check_model().await {
         Ok(()) => json_response(&json!({
             "status": "ready",
             "model": app.state.model,
             "embedding_model": app.state.retriever.embedder().model_id(),
         })),
-        Err(e) => ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "server_error",
-            format!("not ready: {e}"),
-        )
-        .into_response(),
+        Err(e) => {
+            tracing::warn!(error = %e, "not ready");
+            let message = if app.state.token.is_some() && authorized(&app, &headers) {
+                format!("not ready: {e}")
+            } else {
+                "not ready (the server's log says why)".to_string()
+            };
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "server_error", message).into_response()
+        }
     }
 }
 
@@ -1164,4 +1269,35 @@ async fn openapi() -> Response {
         HeaderValue::from_static("application/json"),
     );
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Security item 13: what a 500 or a 502 tells a client.
+    #[test]
+    fn internal_errors_tell_no_paths_and_upstream_errors_no_urls() {
+        let internal = ApiError::from(ServingError::Runtime(
+            "/home/nora/.twin/models/twin/model.onnx: cannot open".into(),
+        ));
+        assert_eq!(internal.status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(
+            !internal.message.contains("/home/nora"),
+            "{}",
+            internal.message
+        );
+        assert!(internal.message.contains("log"), "{}", internal.message);
+        let store = ApiError::from(ServingError::Store(
+            "qdrant at 10.1.2.3:6334 refused".into(),
+        ));
+        assert!(!store.message.contains("10.1.2.3"), "{}", store.message);
+        let upstream = ApiError::from(ServingError::Upstream(
+            "answered 401 Unauthorized: bad key".into(),
+        ));
+        assert_eq!(upstream.status, StatusCode::BAD_GATEWAY);
+        assert!(upstream.message.contains("401"), "{}", upstream.message);
+        let overloaded = ApiError::from(ServingError::Overloaded { waiting: 256 });
+        assert_eq!(overloaded.status, StatusCode::TOO_MANY_REQUESTS);
+    }
 }

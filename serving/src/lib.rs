@@ -14,6 +14,8 @@
 //!   self-query, fused across rewrites, re-ranked by maximal marginal relevance.
 //! - [`rag`]: the retrieved chunks packed into the chat template within the context.
 //! - [`http`]: the HTTP API of `twin serve` (OpenAI-compatible, `/rag`, `/v1/search`).
+//! - [`server`]: the HTTP/1.1 server under it, with header-read and idle timeouts and a cap on
+//!   open connections.
 //! - [`trace`]: request traces, sampled, written to the warehouse off the request path.
 
 pub mod backend;
@@ -23,6 +25,7 @@ pub mod model;
 pub mod rag;
 pub mod retrieval;
 pub mod sampling;
+pub mod server;
 pub mod text;
 pub mod trace;
 
@@ -85,6 +88,13 @@ pub enum ServingError {
     /// The engine has stopped (its model failed to run, or it was shut down).
     #[error("the generation engine has stopped")]
     Stopped,
+    /// The engine's queue is full: every place of it is taken by requests waiting for the
+    /// batch. Try again shortly.
+    #[error("the engine is at capacity ({waiting} requests waiting): try again shortly")]
+    Overloaded {
+        /// Requests waiting.
+        waiting: usize,
+    },
     /// The chat template or tokenizer failed.
     #[error(transparent)]
     Chat(#[from] twin_chat::ChatError),

@@ -466,6 +466,7 @@ async fn serve_and_ask(
             crate::ServeArgs {
                 model: Some(model),
                 address: None,
+                insecure_no_auth: false,
             },
             None,
             stop,
@@ -511,7 +512,7 @@ async fn ask(address: std::net::SocketAddr, question: &str) -> Result<Answer> {
         "query": question, "k": 2, "max_tokens": 96, "temperature": 0.6, "top_p": 0.9,
         "repetition_penalty": 1.1, "seed": 7
     });
-    println!("$ curl -s http://{address}/rag -d '{request}'");
+    println!("$ curl -s http://{address}/rag -H 'content-type: application/json' -d '{request}'");
     let response = reqwest::Client::new()
         .post(format!("http://{address}/rag"))
         .header("content-type", "application/json")

@@ -2,9 +2,11 @@
 //! bytes, so that nothing is lost and a user can look at them and retry them.
 //!
 //! Each dead letter is a JSON object (the bytes in base64), keyed like the original event.
-//! `twin dlq list` prints them; `twin dlq retry` appends each original event to its source topic
-//! again (after a fix), where the pipeline picks it up.
+//! `twin dlq list` prints them; `twin dlq retry` appends the original event of each letter not
+//! retried before to its source topic again (after a fix), where the pipeline picks it up,
+//! unless its document has a newer event there.
 
+use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
 use base64::Engine;
@@ -113,16 +115,152 @@ pub async fn list(
     Ok(out)
 }
 
-/// Append every dead letter's original event to its source topic again; returns how many.
-pub async fn retry(log: &dyn EventLog, topic: &str) -> Result<usize, StreamError> {
-    let letters = list(log, topic).await?;
+/// The consumer group of `twin dlq retry`: its committed offsets on the dead-letter topic say
+/// which letters were retried already.
+pub const RETRY_GROUP: &str = "twin-dlq-retry";
+
+/// What a retry did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Retried {
+    /// Letters whose event went back on its source topic.
+    pub appended: usize,
+    /// Letters skipped because their document has a newer event on the source topic (a newer
+    /// version, or its deletion): replaying the old one would overwrite it or bring it back.
+    pub superseded: usize,
+}
+
+/// Append the original event of every dead letter not retried before to its source topic
+/// again, unless its document has a newer event there; then mark those letters retried (the
+/// [`RETRY_GROUP`] commits past them). A letter that fails again comes back as a new letter,
+/// which the next retry takes: the backlog never doubles, and nothing is retried twice.
+pub async fn retry(log: &dyn EventLog, topic: &str) -> Result<Retried, StreamError> {
+    if log.partitions(topic).await?.is_none() {
+        return Ok(Retried::default());
+    }
+    let ends = log.end_offsets(topic).await?;
+    let from = log.committed_offsets(topic, RETRY_GROUP).await?;
+    let waiting: Vec<bool> = ends.iter().zip(&from).map(|(end, f)| f < end).collect();
+    if !waiting.contains(&true) {
+        return Ok(Retried::default());
+    }
+    // The letters not retried yet, read by the retry's group.
+    let mut consumer = log
+        .consumer(topic, RETRY_GROUP, StartFrom::Committed)
+        .await?;
+    let mut reached: Vec<Option<u64>> = vec![None; ends.len()];
+    let mut letters: Vec<(Position, Option<DeadLetter>)> = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    let done = |reached: &[Option<u64>]| {
+        (0..ends.len()).all(|p| !waiting[p] || reached[p].is_some_and(|o| o + 1 >= ends[p]))
+    };
+    while !done(&reached) {
+        if tokio::time::Instant::now() > deadline {
+            return Err(StreamError::DeadLetter {
+                what: format!("the letters of {topic}"),
+                source: "not all were read within 120 s".into(),
+            });
+        }
+        match consumer.poll(Duration::from_secs(1)).await {
+            Ok(Some(record)) => {
+                let p = record.position.partition as usize;
+                if p < reached.len() {
+                    reached[p] = Some(record.position.offset);
+                }
+                let letter = serde_json::from_slice::<DeadLetter>(&record.payload).ok();
+                letters.push((record.position, letter));
+            }
+            Ok(None) => {}
+            Err(twin_eventlog::LogError::Corrupt {
+                partition, offset, ..
+            }) => {
+                if let Some(r) = reached.get_mut(partition as usize) {
+                    *r = Some(offset);
+                }
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    // The newest event of each document on each source topic.
+    let mut newest: HashMap<(String, Vec<u8>), (u32, u64)> = HashMap::new();
+    let sources: BTreeSet<String> = letters
+        .iter()
+        .filter_map(|(_, l)| l.as_ref().map(|l| l.source_topic.clone()))
+        .collect();
+    for source in &sources {
+        for (key, position) in latest_per_key(log, source).await? {
+            newest.insert((source.clone(), key), position);
+        }
+    }
+    let mut retried = Retried::default();
     for (_, letter) in &letters {
+        let Some(letter) = letter else {
+            continue;
+        };
+        let key = (letter.source_topic.clone(), letter.key.as_bytes().to_vec());
+        let superseded = newest
+            .get(&key)
+            .is_some_and(|&(p, o)| p == letter.partition && o > letter.offset);
+        if superseded {
+            tracing::info!(
+                key = %letter.key,
+                offset = letter.offset,
+                "dead letter skipped: its document has a newer event"
+            );
+            retried.superseded += 1;
+            continue;
+        }
         log.append(
             &letter.source_topic,
             letter.key.as_bytes(),
             &letter.payload()?,
         )
         .await?;
+        retried.appended += 1;
     }
-    Ok(letters.len())
+    // Only now: what was appended is durable, so the letters may count as retried.
+    for (p, reached) in reached.iter().enumerate() {
+        if let Some(offset) = reached {
+            consumer
+                .commit(Position {
+                    partition: p as u32,
+                    offset: *offset,
+                })
+                .await?;
+        }
+    }
+    Ok(retried)
+}
+
+/// Per key of `topic`, the partition and offset of its last record (one pass over the topic,
+/// read by a group of its own that commits nothing).
+async fn latest_per_key(
+    log: &dyn EventLog,
+    topic: &str,
+) -> Result<HashMap<Vec<u8>, (u32, u64)>, StreamError> {
+    let mut latest = HashMap::new();
+    if log.partitions(topic).await?.is_none() {
+        return Ok(latest);
+    }
+    let ends = log.end_offsets(topic).await?;
+    let total: u64 = ends.iter().sum();
+    let group = format!("twin-dlq-scan-{}", std::process::id());
+    let mut consumer = log.consumer(topic, &group, StartFrom::Beginning).await?;
+    let mut seen = 0;
+    while seen < total {
+        match consumer.poll(Duration::from_secs(5)).await {
+            Ok(Some(record)) => {
+                seen += 1;
+                let position = (record.position.partition, record.position.offset);
+                // A key's records share one partition: the last offset is the newest.
+                let entry = latest.entry(record.key).or_insert(position);
+                if position.1 > entry.1 {
+                    *entry = position;
+                }
+            }
+            Ok(None) => break,
+            Err(twin_eventlog::LogError::Corrupt { .. }) => seen += 1,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(latest)
 }

@@ -78,6 +78,42 @@ pub enum StreamError {
         /// The partitions.
         partitions: Vec<u32>,
     },
+    /// An event names a schema this build does not know: a newer version of twin wrote it. The
+    /// worker stops without committing, so that a worker of that version handles it (a rolling
+    /// upgrade), instead of dead-lettering good events.
+    #[error(
+        "the event at {topic} partition {partition} offset {offset} is written with schema \
+         fingerprint {fingerprint:016x}, which this version of twin does not know (a newer \
+         producer): stopping without committing; upgrade this worker to read it"
+    )]
+    UnknownSchema {
+        /// The topic.
+        topic: String,
+        /// The partition.
+        partition: u32,
+        /// The offset.
+        offset: u64,
+        /// The unknown fingerprint.
+        fingerprint: u64,
+    },
+    /// The consumer group stands past what the projections hold: they lost writes the log
+    /// counts as handled. Rebuilding them from the log restores them.
+    #[error(
+        "consumer group {group} has handled partition {partition} up to offset {committed}, but \
+         the projections hold its events only up to offset {held}: they lost writes (a power cut \
+         without log.embedded.fsync, or a store restored from an older backup). Rebuild them \
+         from the log: twin stream --rebuild"
+    )]
+    ProjectionsBehind {
+        /// The group.
+        group: String,
+        /// The partition.
+        partition: u32,
+        /// The offset the group reads next.
+        committed: u64,
+        /// The offset after the last event the projections applied.
+        held: u64,
+    },
     /// A batch's writes kept failing transiently until the tries ran out.
     #[error("a batch's writes failed {attempts} times; the last error: {source}")]
     RetriesExhausted {

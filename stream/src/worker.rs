@@ -138,6 +138,9 @@ pub struct Pipeline {
     pub template_rules: TemplateConfig,
     /// Block counts of every document seen, for template detection (loaded when a run starts).
     templates: Mutex<Templates>,
+    /// Flush the vector store before committing (with `log.embedded.fsync`): then a power cut
+    /// loses nothing the log counts as handled.
+    pub durable: bool,
     /// Documents whose stored cleaning does not follow the templates loaded at the start (a
     /// run killed between a batch's documents and the cleaning again they caused): cleaned
     /// again with the next batch.
@@ -188,7 +191,7 @@ impl Pipeline {
             config.chunking.clone(),
             config.embedding.max_tokens,
         )?;
-        Ok(Self::new(
+        let mut pipeline = Self::new(
             log,
             config.topics.clone(),
             warehouse,
@@ -196,7 +199,9 @@ impl Pipeline {
             embedder,
             chunker,
             &config.stream,
-        ))
+        );
+        pipeline.durable = config.log.embedded.fsync;
+        Ok(pipeline)
     }
 
     /// A pipeline over stores opened elsewhere (tests put a store in front of another here).
@@ -220,6 +225,7 @@ impl Pipeline {
             template_rules: config.templates.clone(),
             templates: Mutex::new(Templates::new(config.templates.clone())),
             stale: Mutex::new(BTreeSet::new()),
+            durable: false,
         }
     }
 
@@ -238,6 +244,19 @@ impl Pipeline {
         } else {
             StartFrom::Committed
         };
+        if options.rebuild {
+            // Before anything is dropped: a replay of a topic the broker has truncated would
+            // rebuild projections without the documents it deleted.
+            let firsts = self.log.start_offsets(topic).await?;
+            if let Some((partition, &first)) = firsts.iter().enumerate().find(|(_, &f)| f > 0) {
+                return Err(twin_eventlog::LogError::Truncated {
+                    topic: topic.to_string(),
+                    partition: partition as u32,
+                    first,
+                }
+                .into());
+            }
+        }
         let targets = self.log.end_offsets(topic).await?;
         let inner = self.log.consumer(topic, &options.group, start).await?;
         let mut consumer = EventConsumer::new(inner, topic);
@@ -258,6 +277,25 @@ impl Pipeline {
         // them (a Kafka group join after a crash hands partitions over only once the dead
         // member's session expires), instead of stopping when the others are done.
         let applied = self.warehouse.applied().await?;
+        if !options.rebuild {
+            // The group never commits past what the projections recorded: if it stands
+            // further, the projections lost writes (a power cut without fsync, an old backup).
+            let committed = self.log.committed_offsets(topic, &options.group).await?;
+            for (p, &next) in committed.iter().enumerate() {
+                let held = applied
+                    .iter()
+                    .find(|a| a.partition as usize == p)
+                    .map_or(0, |a| a.offset + 1);
+                if next > held {
+                    return Err(StreamError::ProjectionsBehind {
+                        group: options.group.clone(),
+                        partition: p as u32,
+                        committed: next,
+                        held,
+                    });
+                }
+            }
+        }
         let work_left: Vec<bool> = targets
             .iter()
             .enumerate()
@@ -480,6 +518,9 @@ impl Pipeline {
         for (cause, _) in &writes.dead {
             metrics::counter!("twin_stream_dead_letters_total", "cause" => *cause).increment(1);
         }
+        if self.durable {
+            self.vectors.flush().await?;
+        }
         // Both sinks acknowledged and the positions are recorded: now the offsets may move.
         for position in writes.last.values() {
             consumer.commit(*position).await?;
@@ -497,6 +538,18 @@ impl Pipeline {
     /// The stages, without any write: templates counted, documents cleaned, chunked and
     /// embedded, dead letters made.
     async fn stages(&self, batch: Vec<Delivery>) -> Result<Writes, StreamError> {
+        // A newer producer's event: none of the batch is handled or committed here.
+        if let Some((bad, fingerprint)) = batch.iter().find_map(|d| {
+            let bad = d.event.as_ref().err()?;
+            Some((bad, bad.unknown_schema?))
+        }) {
+            return Err(StreamError::UnknownSchema {
+                topic: bad.topic.clone(),
+                partition: bad.position.partition,
+                offset: bad.position.offset,
+                fingerprint,
+            });
+        }
         let now = twin_eventlog::now_ms();
         let mut last: BTreeMap<u32, Position> = BTreeMap::new();
         let mut dead = Vec::new();
@@ -691,6 +744,9 @@ impl Pipeline {
                     self.warehouse
                         .delete_document(document_id, *position)
                         .await?;
+                    if self.stale(document_id, *position).await? {
+                        continue;
+                    }
                     self.vectors.delete_document(document_id).await?;
                 }
                 Action::Project(p) => {
@@ -705,6 +761,9 @@ impl Pipeline {
                         self.warehouse
                             .put_recleaned(&p.cleaned, &p.chunks, p.position)
                             .await?;
+                    }
+                    if self.stale(&p.raw.id, p.position).await? {
+                        continue;
                     }
                     self.vectors
                         .replace_document(p.raw.kind, &p.raw.id, embedded)
@@ -734,6 +793,21 @@ impl Pipeline {
         let positions: Vec<Position> = writes.last.values().copied().collect();
         self.warehouse.record_applied(&positions).await?;
         Ok(())
+    }
+}
+
+impl Pipeline {
+    /// Whether a newer event of the document is already in the warehouse: the vector store,
+    /// which keeps no versions, must not get this older one's points (the warehouse keeps
+    /// versions and ignores a late write by itself).
+    async fn stale(&self, document_id: &str, at: Position) -> Result<bool, StreamError> {
+        let stale = self.warehouse.superseded(document_id, at).await?;
+        if stale {
+            warn!(document_id, partition = at.partition, offset = at.offset,
+                  "a newer event of the document is applied already: its vectors are left as they are");
+            metrics::counter!("twin_stream_stale_writes_skipped_total").increment(1);
+        }
+        Ok(stale)
     }
 }
 

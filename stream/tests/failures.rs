@@ -94,6 +94,9 @@ impl Warehouse for FailingFirst {
     async fn delete_document(&self, document_id: &str, at: Position) -> Result<(), WarehouseError> {
         self.inner.delete_document(document_id, at).await
     }
+    async fn superseded(&self, document_id: &str, at: Position) -> Result<bool, WarehouseError> {
+        self.inner.superseded(document_id, at).await
+    }
     async fn record_applied(&self, positions: &[Position]) -> Result<(), WarehouseError> {
         self.inner.record_applied(positions).await
     }
@@ -334,6 +337,192 @@ async fn a_permanent_sink_failure_stops_the_worker_without_committing() {
         .expect("run");
     assert_eq!(stats.documents, 3);
     assert_projected_once(&pipeline, &docs).await;
+}
+
+/// Security item 8 (rolling upgrades): an event written with a schema this build does not know
+/// is a newer producer's, not a bad one: the worker stops without committing and without
+/// dead-lettering, naming the fingerprint, so that an upgraded worker handles it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_schema_stops_the_worker_without_committing_or_dead_lettering() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = config(dir.path());
+    config.log.partitions = 1;
+    let pipeline = Pipeline::open(&config).await.expect("pipeline");
+    let topic = config.topics.raw_documents.clone();
+    let docs = three_articles();
+    publish(
+        pipeline.log.as_ref(),
+        &topic,
+        &[Event::Raw(docs[0].clone())],
+    )
+    .await
+    .expect("publish");
+    // The single-object encoding with a fingerprint no schema here has.
+    let mut newer = vec![0xC3, 0x01];
+    newer.extend_from_slice(&0x0123_4567_89ab_cdefu64.to_le_bytes());
+    newer.extend_from_slice(b"\x02a newer event");
+    pipeline
+        .log
+        .append(&topic, docs[1].id.as_bytes(), &newer)
+        .await
+        .expect("append");
+    let err = pipeline
+        .run(&once(), std::future::pending())
+        .await
+        .expect_err("stops");
+    assert!(
+        matches!(err, StreamError::UnknownSchema { offset: 1, .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("0123456789abcdef"), "{err}");
+    assert!(
+        dlq::list(pipeline.log.as_ref(), &config.topics.dead_letters)
+            .await
+            .expect("dlq")
+            .is_empty(),
+        "nothing dead-lettered"
+    );
+    let committed = pipeline
+        .log
+        .committed_offsets(&topic, twin_stream::worker::DEFAULT_GROUP)
+        .await
+        .expect("committed");
+    assert!(
+        committed[0] <= 1,
+        "committed past the unknown event: {committed:?}"
+    );
+}
+
+/// Security item 10: a worker whose consumer group stands past what the projections hold
+/// (they lost writes: a power cut without fsync, an old backup) refuses to start, saying so,
+/// instead of going on with documents missing for good; a rebuild restores them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn projections_behind_the_committed_offsets_are_refused_until_rebuilt() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = config(dir.path());
+    config.log.partitions = 1;
+    let pipeline = Pipeline::open(&config).await.expect("pipeline");
+    let docs = three_articles();
+    let events: Vec<Event> = docs.iter().cloned().map(Event::Raw).collect();
+    publish(pipeline.log.as_ref(), &config.topics.raw_documents, &events)
+        .await
+        .expect("publish");
+    assert_eq!(
+        pipeline
+            .run(&once(), std::future::pending())
+            .await
+            .expect("run")
+            .documents,
+        3
+    );
+    // The projections lose what they held; the log's group still says it handled it all.
+    pipeline.warehouse.drop_all().await.expect("drop");
+    pipeline.warehouse.ensure_schema().await.expect("schema");
+    let err = pipeline
+        .run(&once(), std::future::pending())
+        .await
+        .expect_err("refused");
+    assert!(
+        matches!(
+            err,
+            StreamError::ProjectionsBehind {
+                committed: 3,
+                held: 0,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains("--rebuild"), "{err}");
+    let rebuilt = pipeline
+        .run(
+            &RunOptions {
+                rebuild: true,
+                ..once()
+            },
+            std::future::pending(),
+        )
+        .await
+        .expect("rebuild");
+    assert_eq!(rebuilt.documents, 3);
+    pipeline
+        .run(&once(), std::future::pending())
+        .await
+        .expect("consistent again");
+}
+
+/// Security item 9: a worker still finishing an old batch (it lost its partitions to another)
+/// does not overwrite the vectors of a newer version of a document with the old one's: the
+/// vector store follows the log's order, as the warehouse does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_old_event_does_not_overwrite_a_newer_versions_vectors() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = config(dir.path());
+    config.log.partitions = 1;
+    let current = Pipeline::open(&config).await.expect("pipeline");
+    let v1 = article(
+        "versions",
+        &["The first version says kafka retries forever."],
+    );
+    let mut v2 = v1.clone();
+    v2.content = vec![twin_schemas::ContentBlock::paragraph(
+        "The second version says bounded retries with backoff.",
+    )];
+    v2.content_hash = twin_schemas::content_hash(&v2.content);
+    publish(
+        current.log.as_ref(),
+        &config.topics.raw_documents,
+        &[Event::Raw(v1.clone()), Event::Raw(v2.clone())],
+    )
+    .await
+    .expect("publish");
+    current
+        .run(&once(), std::future::pending())
+        .await
+        .expect("run");
+    // The late worker's batch: v1 at offset 0, processed after v2 (offset 1) was applied.
+    let mut topics = config.topics.clone();
+    topics.raw_documents = "raw-documents-late".into();
+    publish(
+        current.log.as_ref(),
+        &topics.raw_documents,
+        &[Event::Raw(v1.clone())],
+    )
+    .await
+    .expect("publish");
+    let late = Pipeline::new(
+        current.log.clone(),
+        topics,
+        current.warehouse.clone(),
+        current.vectors.clone(),
+        current.embedder.clone(),
+        current.chunker.clone(),
+        &config.stream,
+    );
+    late.run(&once(), std::future::pending())
+        .await
+        .expect("late run");
+    let query = current
+        .embedder
+        .embed(&["bounded retries with backoff"])
+        .expect("embed")
+        .remove(0);
+    let only_this = SearchFilter {
+        document_id: Some(v1.id.clone()),
+        ..SearchFilter::default()
+    };
+    let hits = current
+        .vectors
+        .search(DocumentKind::Article, &query, 5, &only_this)
+        .await
+        .expect("search");
+    assert!(!hits.is_empty());
+    assert!(
+        hits.iter()
+            .all(|h| h.payload.text.contains("second version")),
+        "the old version's points came back: {:?}",
+        hits.iter().map(|h| &h.payload.text).collect::<Vec<_>>()
+    );
 }
 
 #[test]

@@ -63,7 +63,7 @@ async fn documents_become_searchable_chunks_and_a_rebuild_gives_the_same() {
         deleted_at: 1_764_000_100_000,
         reason: "HTTP 404 at source".into(),
     });
-    publish(
+    let first_positions = publish(
         pipeline.log.as_ref(),
         &topic,
         &[
@@ -206,7 +206,8 @@ async fn documents_become_searchable_chunks_and_a_rebuild_gives_the_same() {
     assert_eq!(
         dlq::retry(pipeline.log.as_ref(), &config.topics.dead_letters)
             .await
-            .expect("retry"),
+            .expect("retry")
+            .appended,
         1
     );
     let after: u64 = pipeline
@@ -225,6 +226,44 @@ async fn documents_become_searchable_chunks_and_a_rebuild_gives_the_same() {
         retried.dead_letters, 1,
         "still undecodable: dead-lettered again, nothing lost"
     );
+    // Security item 3: the next retry takes only the new letter, not the one retried before
+    // (the backlog does not double)...
+    assert_eq!(
+        dlq::list(pipeline.log.as_ref(), &config.topics.dead_letters)
+            .await
+            .expect("dlq")
+            .len(),
+        2
+    );
+    let second = dlq::retry(pipeline.log.as_ref(), &config.topics.dead_letters)
+        .await
+        .expect("retry");
+    assert_eq!((second.appended, second.superseded), (1, 0));
+    let third = dlq::retry(pipeline.log.as_ref(), &config.topics.dead_letters)
+        .await
+        .expect("retry");
+    assert_eq!(third, dlq::Retried::default(), "nothing left to retry");
+    // ...and a letter whose document has a newer event (here its deletion) is skipped: an old
+    // letter must not bring a deleted document back.
+    dlq::DeadLetter::new(
+        &topic,
+        first_positions[2],
+        gone.id.as_bytes(),
+        "a failure since fixed".into(),
+        twin_schemas::encode(&Event::Raw(gone.clone())).expect("encode"),
+    )
+    .send(pipeline.log.as_ref(), &config.topics.dead_letters)
+    .await
+    .expect("letter");
+    let stale = dlq::retry(pipeline.log.as_ref(), &config.topics.dead_letters)
+        .await
+        .expect("retry");
+    assert_eq!((stale.appended, stale.superseded), (0, 1));
+    let relettered = pipeline
+        .run(&once(), std::future::pending())
+        .await
+        .expect("retried");
+    assert_eq!(relettered.dead_letters, 1);
 
     // Offsets were committed: a second run has nothing to do.
     let again = pipeline

@@ -327,6 +327,24 @@ impl VectorStore for EdgeVectorStore {
         .await
     }
 
+    async fn flush(&self) -> Result<(), VectorStoreError> {
+        let shards: Vec<Arc<EdgeShard>> = self
+            .shards
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        tokio::task::spawn_blocking(move || shards.iter().for_each(|shard| shard.flush()))
+            .await
+            .map_err(|e| VectorStoreError::Store {
+                backend: "edge",
+                operation: "flush".into(),
+                retryable: true,
+                source: Box::new(e),
+            })
+    }
+
     async fn optimize(&self) -> Result<bool, VectorStoreError> {
         let mut any = false;
         for kind in KINDS {

@@ -211,6 +211,13 @@ pub trait VectorStore: Send + Sync {
     /// Delete every collection (before a rebuild from the log).
     async fn drop_all(&self) -> Result<(), VectorStoreError>;
 
+    /// Make what was written durable (on disk, not only in the process's buffers): the stream
+    /// asks before it commits its offsets when `log.embedded.fsync` is on. The Qdrant server
+    /// persists on its own: a no-op there.
+    async fn flush(&self) -> Result<(), VectorStoreError> {
+        Ok(())
+    }
+
     /// Build the search index of what was written (HNSW, merged segments), so that a search
     /// does not scan every point. The Qdrant server does it in the background: a no-op there.
     /// Qdrant Edge does it only when asked: `twin stream` asks when it has caught up, `twin

@@ -595,6 +595,15 @@ impl Warehouse for ClickHouseWarehouse {
         self.write_chunks(&doc.id, chunks, at).await
     }
 
+    async fn superseded(&self, document_id: &str, at: Position) -> Result<bool> {
+        let next = Position {
+            partition: at.partition,
+            offset: at.offset + 1,
+        };
+        self.already_applied("raw_documents", "id", document_id, next)
+            .await
+    }
+
     async fn delete_document(&self, document_id: &str, at: Position) -> Result<()> {
         for table in ["raw_documents", "cleaned_documents"] {
             if self.already_applied(table, "id", document_id, at).await? {

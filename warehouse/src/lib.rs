@@ -228,6 +228,11 @@ pub trait Warehouse: Send + Sync {
     /// Retire a document: its raw and cleaned rows and all its chunks.
     async fn delete_document(&self, document_id: &str, at: Position) -> Result<()>;
 
+    /// Whether an event after `at` (in its partition) already wrote the document, or deleted
+    /// it: then a write for the event at `at` is stale, and the vector store must not get it
+    /// (a worker that lost its partitions may still be finishing an old batch).
+    async fn superseded(&self, document_id: &str, at: Position) -> Result<bool>;
+
     /// Remember that every event up to and including these positions is applied.
     async fn record_applied(&self, positions: &[Position]) -> Result<()>;
 

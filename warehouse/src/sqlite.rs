@@ -301,11 +301,13 @@ impl SqliteWarehouse {
             })?;
         }
         let connection = Connection::open(path).map_err(sql_err(path))?;
-        // WAL: readers do not block the writer; NORMAL sync is durable across process crashes.
-        // A reader in another process (a test, `twin snapshot`) may hold the file briefly.
+        // WAL: readers do not block the writer. FULL sync: a transaction is on disk when it
+        // commits, so a power cut cannot take rows whose events the stream then committed past
+        // on the log (NORMAL would survive a process crash only). A reader in another process
+        // (a test, `twin snapshot`) may hold the file briefly.
         connection
             .execute_batch(
-                "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 5000;",
+                "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA busy_timeout = 5000;",
             )
             .map_err(sql_err(path))?;
         Ok(Self {
@@ -508,6 +510,16 @@ impl Warehouse for SqliteWarehouse {
             tx.commit()
         })
         .await
+    }
+
+    async fn superseded(&self, document_id: &str, at: Position) -> Result<bool> {
+        let id = document_id.to_string();
+        let next = Position {
+            partition: at.partition,
+            offset: at.offset + 1,
+        };
+        self.with(move |c| already_applied(c, "raw_documents", "id", &id, next))
+            .await
     }
 
     async fn delete_document(&self, document_id: &str, at: Position) -> Result<()> {

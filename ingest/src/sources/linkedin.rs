@@ -19,20 +19,54 @@ use crate::error::{IngestError, Result};
 use crate::extract;
 use crate::sources::pages::{self, first_line, Page};
 
-/// Largest file read out of an export (a ZIP bomb guard).
-const MAX_ENTRY_BYTES: u64 = 256 * 1024 * 1024;
+/// How an export is read.
+#[derive(Debug, Clone)]
+pub struct ExportOptions {
+    /// Read posts whose `Visibility` is not public too (connections only, say): the author's
+    /// choice, as the export holds them all.
+    pub include_non_public: bool,
+    /// Largest file read out of the export (a ZIP bomb guard).
+    pub max_entry_bytes: u64,
+    /// Most bytes read out of the export in all.
+    pub max_total_bytes: u64,
+    /// Most entries an export may have.
+    pub max_entries: usize,
+}
+
+impl Default for ExportOptions {
+    fn default() -> Self {
+        Self {
+            include_non_public: false,
+            max_entry_bytes: 256 * 1024 * 1024,
+            max_total_bytes: 1024 * 1024 * 1024,
+            max_entries: 100_000,
+        }
+    }
+}
 
 /// A LinkedIn export and/or public post urls.
 pub struct Linkedin {
     export: Option<PathBuf>,
     posts: Vec<String>,
+    options: ExportOptions,
 }
 
 impl Linkedin {
     /// The export at `export`, and public `posts`.
-    pub fn new(export: Option<PathBuf>, posts: Vec<String>) -> Self {
-        Self { export, posts }
+    pub fn new(export: Option<PathBuf>, posts: Vec<String>, options: ExportOptions) -> Self {
+        Self {
+            export,
+            posts,
+            options,
+        }
     }
+}
+
+/// Whether a `Visibility` value is public. Exports without the column (older ones) or with it
+/// empty hold posts of the default audience, which is anyone.
+fn is_public(visibility: &str) -> bool {
+    let v = visibility.trim();
+    v.is_empty() || v.eq_ignore_ascii_case("PUBLIC") || v.eq_ignore_ascii_case("ANYONE")
 }
 
 /// What an export held.
@@ -44,6 +78,8 @@ pub struct Export {
     pub problems: Vec<(String, String)>,
     /// Whether the export had every part (posts and articles) readable.
     pub complete: bool,
+    /// Posts left out because they are not public.
+    pub non_public: u64,
 }
 
 #[async_trait]
@@ -52,7 +88,8 @@ impl Crawler for Linkedin {
         let mut complete = true;
         if let Some(path) = &self.export {
             let path_for_read = path.clone();
-            let export = tokio::task::spawn_blocking(move || read_export(&path_for_read))
+            let options = self.options.clone();
+            let export = tokio::task::spawn_blocking(move || read_export(&path_for_read, &options))
                 .await
                 .map_err(|e| {
                     IngestError::malformed(
@@ -61,6 +98,15 @@ impl Crawler for Linkedin {
                     )
                 })??;
             complete &= export.complete;
+            if export.non_public > 0 {
+                tracing::info!(
+                    source = run.label(),
+                    posts = export.non_public,
+                    "posts not public left out (include_non_public = true reads them)"
+                );
+                metrics::counter!("twin_ingest_non_public_skipped_total", "source" => run.label().to_string())
+                    .increment(export.non_public);
+            }
             for (location, reason) in &export.problems {
                 run.failed(location, &IngestError::malformed(location, reason));
             }
@@ -99,7 +145,7 @@ impl Crawler for Linkedin {
 
 /// Read an export ZIP: posts from `Shares.csv`, articles from `Articles/**.html`. A missing or
 /// unreadable part is a problem reported with where and why; the rest is still read.
-pub fn read_export(path: &Path) -> Result<Export> {
+pub fn read_export(path: &Path, options: &ExportOptions) -> Result<Export> {
     let location = path.display().to_string();
     let file = std::fs::File::open(path).map_err(|source| IngestError::Io {
         path: path.to_path_buf(),
@@ -107,10 +153,24 @@ pub fn read_export(path: &Path) -> Result<Export> {
     })?;
     let mut zip = zip::ZipArchive::new(file)
         .map_err(|e| IngestError::malformed(&location, format!("not a readable ZIP: {e}")))?;
+    if zip.len() > options.max_entries {
+        return Err(IngestError::malformed(
+            &location,
+            format!(
+                "the export has {} entries, more than the {} an export may have: refused",
+                zip.len(),
+                options.max_entries
+            ),
+        ));
+    }
     let names: Vec<String> = zip.file_names().map(str::to_string).collect();
     let mut export = Export {
         complete: true,
         ..Export::default()
+    };
+    let mut budget = Budget {
+        left: options.max_total_bytes,
+        entry: options.max_entry_bytes,
     };
     let shares = names.iter().find(|n| {
         n.rsplit('/')
@@ -118,8 +178,13 @@ pub fn read_export(path: &Path) -> Result<Export> {
             .is_some_and(|f| f.eq_ignore_ascii_case("Shares.csv"))
     });
     match shares {
-        Some(name) => match read_entry(&mut zip, name) {
-            Ok(bytes) => read_shares(&bytes, &format!("{location}!{name}"), &mut export),
+        Some(name) => match read_entry(&mut zip, name, &mut budget) {
+            Ok(bytes) => read_shares(
+                &bytes,
+                &format!("{location}!{name}"),
+                options.include_non_public,
+                &mut export,
+            ),
             Err(reason) => {
                 export.complete = false;
                 export.problems.push((format!("{location}!{name}"), reason));
@@ -144,7 +209,7 @@ pub fn read_export(path: &Path) -> Result<Export> {
         .collect();
     for name in articles {
         let entry_location = format!("{location}!{name}");
-        match read_entry(&mut zip, name) {
+        match read_entry(&mut zip, name, &mut budget) {
             Ok(bytes) => match article(&String::from_utf8_lossy(&bytes), name) {
                 Some(draft) => export.drafts.push(draft),
                 None => {
@@ -163,25 +228,45 @@ pub fn read_export(path: &Path) -> Result<Export> {
     Ok(export)
 }
 
-fn read_entry(zip: &mut zip::ZipArchive<std::fs::File>, name: &str) -> Result<Vec<u8>, String> {
+/// What may still be read out of an export: in all, and per entry.
+struct Budget {
+    left: u64,
+    entry: u64,
+}
+
+/// An entry's bytes, within the budget. The sizes the ZIP declares are not trusted: reading
+/// stops at the limit whatever they say.
+fn read_entry(
+    zip: &mut zip::ZipArchive<std::fs::File>,
+    name: &str,
+    budget: &mut Budget,
+) -> Result<Vec<u8>, String> {
     let entry = zip.by_name(name).map_err(|e| format!("cannot open: {e}"))?;
-    if entry.size() > MAX_ENTRY_BYTES {
+    if entry.size() > budget.entry {
         return Err(format!(
             "{} bytes is too large to be an export file",
             entry.size()
         ));
     }
+    let limit = budget.entry.min(budget.left);
     let mut bytes = Vec::new();
     entry
-        .take(MAX_ENTRY_BYTES)
+        .take(limit + 1)
         .read_to_end(&mut bytes)
         .map_err(|e| format!("cannot read: {e}"))?;
+    if bytes.len() as u64 > limit {
+        budget.left = 0;
+        return Err(format!(
+            "inflates past {limit} bytes, more than an export file may (a ZIP bomb?): not read"
+        ));
+    }
+    budget.left -= bytes.len() as u64;
     Ok(bytes)
 }
 
 /// Posts from `Shares.csv` (`Date, ShareLink, ShareCommentary, SharedUrl, MediaUrl,
 /// Visibility`). A row that does not parse is a problem; the other rows are read.
-fn read_shares(bytes: &[u8], location: &str, export: &mut Export) {
+fn read_shares(bytes: &[u8], location: &str, include_non_public: bool, export: &mut Export) {
     let mut reader = csv::ReaderBuilder::new().flexible(true).from_reader(bytes);
     let headers = match reader.headers() {
         Ok(h) => h.clone(),
@@ -232,6 +317,11 @@ fn read_shares(bytes: &[u8], location: &str, export: &mut Export) {
         let url = get(link);
         if text.is_empty() {
             continue; // a reshare without words of the author's own
+        }
+        if !include_non_public && !visibility.map(get).is_none_or(is_public) {
+            // Left out, and so deleted from the twin when a post is made private later.
+            export.non_public += 1;
+            continue;
         }
         if url.is_empty() {
             export.complete = false;
@@ -308,4 +398,87 @@ fn article(html: &str, name: &str) -> Option<Draft> {
     draft.meta("source", Some("export"));
     draft.content = blocks;
     Some(draft)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+
+    fn export(dir: &Path, files: &[(&str, &[u8])]) -> PathBuf {
+        let path = dir.join("export.zip");
+        let mut zip = zip::ZipWriter::new(std::fs::File::create(&path).expect("zip"));
+        let options = zip::write::SimpleFileOptions::default();
+        for (name, data) in files {
+            zip.start_file(*name, options).expect("entry");
+            zip.write_all(data).expect("write");
+        }
+        zip.finish().expect("finish");
+        path
+    }
+
+    const SHARES: &[u8] = b"Date,ShareLink,ShareCommentary,SharedUrl,MediaUrl,Visibility\n\
+        2024-01-01 10:00:00,https://www.linkedin.com/feed/update/urn:li:share:1,For everyone.,,,PUBLIC\n\
+        2024-01-02 10:00:00,https://www.linkedin.com/feed/update/urn:li:share:2,For my network.,,,MEMBER_NETWORK\n\
+        2024-01-03 10:00:00,https://www.linkedin.com/feed/update/urn:li:share:3,Connections only.,,,CONNECTIONS\n";
+
+    /// Security item 6: posts that are not public stay out unless the author opts in.
+    #[test]
+    fn posts_that_are_not_public_are_read_only_when_the_author_opts_in() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = export(dir.path(), &[("Shares.csv", SHARES)]);
+        let public = read_export(&path, &ExportOptions::default()).expect("read");
+        let urls: Vec<_> = public.drafts.iter().map(|d| d.url.as_str()).collect();
+        assert_eq!(
+            urls,
+            vec!["https://www.linkedin.com/feed/update/urn:li:share:1"]
+        );
+        assert_eq!(public.non_public, 2);
+        let all = ExportOptions {
+            include_non_public: true,
+            ..ExportOptions::default()
+        };
+        let everything = read_export(&path, &all).expect("read");
+        assert_eq!((everything.drafts.len(), everything.non_public), (3, 0));
+    }
+
+    /// Security item 12: an export is capped by its entry count and by what it inflates to,
+    /// whatever sizes its directory declares.
+    #[test]
+    fn exports_are_capped_by_entries_and_inflated_bytes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let zeros = vec![b' '; 4 * 1024 * 1024];
+        let path = export(
+            dir.path(),
+            &[
+                ("Shares.csv", SHARES),
+                ("Articles/Articles/a.html", &zeros),
+                ("Articles/Articles/b.html", &zeros),
+            ],
+        );
+        let capped = ExportOptions {
+            max_total_bytes: 6 * 1024 * 1024,
+            ..ExportOptions::default()
+        };
+        let read = read_export(&path, &capped).expect("read");
+        assert!(!read.complete);
+        assert_eq!(read.drafts.len(), 1, "the posts are still read");
+        let problem = read
+            .problems
+            .iter()
+            .find(|(_, why)| why.contains("inflates past"))
+            .expect("the over-budget entry is reported");
+        assert!(problem.0.ends_with("b.html"), "{problem:?}");
+
+        let few = ExportOptions {
+            max_entries: 2,
+            ..ExportOptions::default()
+        };
+        let error = read_export(&path, &few).expect_err("refused").to_string();
+        assert!(
+            error.contains("3 entries") && error.contains("export.zip"),
+            "{error}"
+        );
+    }
 }

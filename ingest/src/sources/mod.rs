@@ -99,6 +99,8 @@ pub struct Source {
     pub schedule: Schedule,
     /// The crawler.
     pub crawler: Box<dyn Crawler>,
+    /// Whether it may reach loopback and private addresses (see `SourceConfig::local`).
+    pub local: bool,
 }
 
 /// Build every configured source; an error names the source (its position and url) and what
@@ -146,6 +148,9 @@ fn build(source: &SourceConfig, config: &IngestConfig) -> Result<Source, String>
     }
     if source.export.is_some() && platform != Platform::Linkedin {
         return Err("`export` is only for LinkedIn sources".into());
+    }
+    if source.include_non_public && platform != Platform::Linkedin {
+        return Err("`include_non_public` is only for LinkedIn sources".into());
     }
     let schedule_text = source.schedule.as_deref().unwrap_or(&config.schedule);
     let schedule = Schedule::parse(schedule_text)?;
@@ -214,6 +219,10 @@ fn build(source: &SourceConfig, config: &IngestConfig) -> Result<Source, String>
                 Box::new(linkedin::Linkedin::new(
                     export.map(Path::to_path_buf),
                     posts,
+                    linkedin::ExportOptions {
+                        include_non_public: source.include_non_public,
+                        ..linkedin::ExportOptions::default()
+                    },
                 )),
             )
         }
@@ -230,12 +239,24 @@ fn build(source: &SourceConfig, config: &IngestConfig) -> Result<Source, String>
             (format!("web:{first}"), label, Box::new(web::Web::new(urls)))
         }
     };
+    // Local when configured so, or when the urls the user gave name a local host themselves
+    // (a mirror on this machine): redirects and names found while crawling do not make it so.
+    let api_url = (platform == Platform::Github).then_some(config.github.api_url.as_str());
+    let local = source.local
+        || source
+            .url
+            .iter()
+            .chain(&source.articles)
+            .map(String::as_str)
+            .chain(api_url)
+            .any(crate::http::names_local_host);
     Ok(Source {
         key,
         label,
         platform,
         schedule,
         crawler,
+        local,
     })
 }
 

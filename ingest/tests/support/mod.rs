@@ -309,9 +309,10 @@ pub fn write_export(path: &Path, with_shares: bool) {
         zip.start_file("Shares.csv", options).expect("entry");
         zip.write_all(
             "Date,ShareLink,ShareCommentary,SharedUrl,MediaUrl,Visibility\n\
-             2024-03-15 14:02:11,https://www.linkedin.com/feed/update/urn%3Ali%3Ashare%3A7174000000000000001,\"𝗟𝗟𝗠 𝘁𝘄𝗶𝗻𝘀, explained:\n\nA model that writes like you, \"\"fine-tuned\"\" on your posts.\n\nHere is how.\",,,MEMBER_NETWORK\n\
+             2024-03-15 14:02:11,https://www.linkedin.com/feed/update/urn%3Ali%3Ashare%3A7174000000000000001,\"𝗟𝗟𝗠 𝘁𝘄𝗶𝗻𝘀, explained:\n\nA model that writes like you, \"\"fine-tuned\"\" on your posts.\n\nHere is how.\",,,PUBLIC\n\
              2024-03-10 09:00:00,https://www.linkedin.com/feed/update/urn%3Ali%3Ashare%3A7174000000000000002,,https://example.com/reshared,,MEMBER_NETWORK\n\
-             2024-02-01 18:30:45,https://www.linkedin.com/feed/update/urn%3Ali%3Aactivity%3A7174000000000000003,Streaming beats batch for features.,,,PUBLIC\n"
+             2024-02-01 18:30:45,https://www.linkedin.com/feed/update/urn%3Ali%3Aactivity%3A7174000000000000003,Streaming beats batch for features.,,,PUBLIC\n\
+             2024-01-20 08:00:00,https://www.linkedin.com/feed/update/urn%3Ali%3Ashare%3A7174000000000000004,Only my connections should read this.,,,MEMBER_NETWORK\n"
                 .as_bytes(),
         )
         .expect("write");
